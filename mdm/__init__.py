@@ -1,0 +1,3 @@
+"""mdm: masked diffusion language models in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,97 @@
+"""Checkpoints with orbax: train state, data-iterator state and config, committed atomically.
+
+Layout: `<workdir>/checkpoints/<step>/{state,data_<process>,config}`. orbax writes each step
+into a temporary directory and renames it when complete, so a killed run leaves either a whole
+checkpoint or none; the last `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from mdm.errors import CheckpointError
+
+# Config sections whose values fix the shapes of the saved arrays or the meaning of the tokens.
+_SHAPE_KEYS = (
+    "objective",
+    "model.num_layers",
+    "model.d_model",
+    "model.num_heads",
+    "model.mlp_dim",
+    "model.tie_embeddings",
+    "model.time_conditioning",
+    "data.tokenizer",
+    "data.source",
+    "data.synthetic_vocab",
+)
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+class Checkpointer:
+    """Saves and restores (state, data-iterator state, config) under `<workdir>/checkpoints`."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 2, save_every: int | None = None):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self._data_item = f"data_{jax.process_index()}"
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict, config: ml_collections.ConfigDict) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(config.to_dict()),
+                **{self._data_item: ocp.args.JsonSave(data_state)},
+            ),
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    def restore_config(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def restore(self, step: int, abstract_state: Any, config: ml_collections.ConfigDict) -> tuple[Any, dict]:
+        """Restores the state onto `abstract_state`'s shapes (and shardings) and the data state."""
+        check_compatible(self.restore_config(step), config, self.directory / str(step))
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    **{self._data_item: ocp.args.JsonRestore()},
+                ),
+            )
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} does not fit the config "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use a new --workdir"
+            ) from e
+        return restored["state"], restored[self._data_item]
+
+
+def check_compatible(saved: dict, config: ml_collections.ConfigDict, where: pathlib.Path) -> None:
+    """Raises a one-line CheckpointError when the saved config fixes other shapes or tokens."""
+    current = config.to_dict()
+    for key in _SHAPE_KEYS:
+        old, new = _get(saved, key), _get(current, key)
+        if old != new:
+            raise CheckpointError(
+                f"checkpoint {where} was trained with {key}={old!r} but the config has {key}={new!r}; "
+                f"pass --config.{key}={old!r} or use a new --workdir"
+            )

@@ -1,0 +1,247 @@
+"""The configuration schema, command-line overrides and start-up validation.
+
+Configs are plain `ml_collections.ConfigDict`s. `base_config()` declares every key with its
+default; files in `configs/` start from it and change values only, so any key can be overridden
+from the command line as `--config.section.key=value`. Problems are reported as `ConfigError`s,
+one line each, naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+
+from mdm.errors import ConfigError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every config key, with defaults suitable for a tiny CPU run."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.objective = "mdm"  # 'mdm' (masked diffusion ELBO) or 'ar' (causal next-token baseline)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.num_layers = 4
+    c.model.d_model = 256
+    c.model.num_heads = 4
+    c.model.mlp_dim = 704
+    c.model.tie_embeddings = True
+    c.model.time_conditioning = False  # adaLN-zero on t; MDMs are time-agnostic by default
+    c.model.rope_base = 10_000.0
+    c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+    c.model.remat = False
+    c.model.init_std = 0.02
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.schedule = "linear"  # 'linear', 'cosine' or 'polynomial'
+    c.diffusion.eps = 0.0  # alpha(1) = eps; 1e-3 with 'linear' is MDLM's log-linear schedule
+    c.diffusion.power = 2.0  # exponent of the 'polynomial' schedule
+    c.diffusion.t_min = 1e-5  # training/eval times lie in [t_min, 1]
+    c.diffusion.eval_t_samples = 8  # stratified times per sequence in evaluation
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "embedded"  # 'embedded', 'text', 'tfds' or 'synthetic'
+    c.data.path = ""  # glob of .txt/.jsonl files for source='text'
+    c.data.text_key = "text"
+    c.data.tfds_name = ""
+    c.data.tfds_data_dir = ""
+    c.data.tfds_train_split = "train"
+    c.data.tfds_eval_split = "test"
+    c.data.tokenizer = "bytes"  # 'bytes' or a path to a HuggingFace tokenizer.json
+    c.data.seq_len = 128
+    c.data.mode = "pack"  # 'pack' (concatenate and chunk) or 'pad' (one document per row)
+    c.data.val_percent = 5
+    c.data.synthetic_vocab = 8
+    c.data.synthetic_seed = 0
+    c.data.synthetic_num_sequences = 4096
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 50
+    c.optim.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.99
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.01
+    c.optim.grad_clip = 1.0
+    c.optim.ema_decay = 0.999  # 0 disables the EMA (it then equals the params)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32  # global batch, summed over processes and micro-batches
+    c.train.grad_accum = 1  # micro-batches per step
+    c.train.num_steps = 1000
+    c.train.log_every = 25
+    c.train.eval_every = 250
+    c.train.eval_batches = 8
+    c.train.eval_batch_size = 32
+    c.train.checkpoint_every = 250
+    c.train.keep_checkpoints = 2
+    c.train.progress_bar = True
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num_samples = 2  # samples printed at the end of training (0: none)
+    c.sample.steps = 64
+    c.sample.seed = 0
+    return c
+
+
+def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """Imports `get_config()` from a config file; the result is locked (no new keys)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass --config configs/<name>.py")
+    spec = importlib.util.spec_from_file_location(f"mdm_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file: say which and why, in one line
+        raise ConfigError(f"config file {str(path)!r} failed to load: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {str(path)!r} defines no get_config()")
+    config = module.get_config()
+    check_keys(config, base_config())
+    config.lock()
+    return config
+
+
+def check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str = "") -> None:
+    """Raises if `config` has a key that `schema` lacks, or lacks one it has."""
+    for key in config.keys():
+        if key not in schema:
+            raise ConfigError(f"unknown config key {prefix + key!r}; known keys: {', '.join(sorted(schema.keys()))}")
+        if isinstance(schema[key], ml_collections.ConfigDict):
+            check_keys(config[key], schema[key], prefix + key + ".")
+    for key in schema.keys():
+        if key not in config:
+            raise ConfigError(f"config lacks key {prefix + key!r}; build configs from mdm.config.base_config()")
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+    """Converts the command-line string `text` to the type of the current value of `key`."""
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key}={text}: expects a bool (true/false)")
+    if isinstance(current, str):
+        return text
+    expected = type(current).__name__
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--config.{key}={text}: expects {expected}, got {text!r}") from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, type(current)) or isinstance(value, bool) != isinstance(current, bool):
+        raise ConfigError(f"--config.{key}={text}: expects {expected}, got {type(value).__name__}")
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Sets the dotted `key` (e.g. 'model.d_model') from a command-line string."""
+    node = config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(parts[:i]) or "the top level"
+            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
+            raise ConfigError(f"unknown config key {key!r} (no {part!r} in {where}; known: {known})")
+        if i < len(parts) - 1:
+            node = node[part]
+    current = node[parts[-1]]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"--config.{key} is a section; set one of its keys, e.g. --config.{key}.{next(iter(current.keys()))}=...")
+    with node.unlocked():
+        node[parts[-1]] = _parse_value(key, text, current)
+
+
+def parse_command_line(argv: Sequence[str], default_config: str | pathlib.Path, extra_flags: dict[str, Any]) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """Parses `--config PATH`, `--config.key=value` and the flags named in `extra_flags`.
+
+    `extra_flags` maps a flag name to its default; its type decides the parsing. Returns the
+    overridden, validated config and the extra flag values.
+    """
+    config_path = str(default_config)
+    overrides: list[tuple[str, str]] = []
+    flags = dict(extra_flags)
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; flags look like --name=value")
+        name, has_value, value = arg[2:].partition("=")
+        if not has_value:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            elif name in flags and isinstance(flags[name], bool):
+                value = "true"
+            else:
+                raise ConfigError(f"flag --{name} needs a value: --{name}=VALUE")
+        if name == "config":
+            config_path = value
+        elif name.startswith("config."):
+            overrides.append((name[len("config."):], value))
+        elif name in flags:
+            flags[name] = _parse_value(name, value, flags[name]) if flags[name] is not None else value
+        else:
+            known = ", ".join(["--config", "--config.KEY"] + [f"--{k}" for k in flags])
+            raise ConfigError(f"unknown flag --{name}; known flags: {known}")
+        i += 1
+    config = load_config(config_path)
+    for key, value in overrides:
+        apply_override(config, key, value)
+    validate(config)
+    return config, flags
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
+    """Checks values that cannot work together; each failure is one line with the fix."""
+    check_keys(c, base_config())
+    _require(c.objective in ("mdm", "ar"), f"objective={c.objective!r}: choose 'mdm' or 'ar'")
+    m = c.model
+    for key in ("num_layers", "d_model", "num_heads", "mlp_dim"):
+        _require(m[key] >= 1, f"model.{key}={m[key]} must be >= 1")
+    _require(m.d_model % m.num_heads == 0, f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}")
+    _require((m.d_model // m.num_heads) % 2 == 0, f"head dim d_model/num_heads={m.d_model // m.num_heads} must be even for RoPE")
+    _require(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: choose 'float32' or 'bfloat16'")
+    d = c.diffusion
+    _require(d.schedule in ("linear", "cosine", "polynomial"), f"diffusion.schedule={d.schedule!r}: choose linear, cosine or polynomial")
+    _require(0.0 <= d.eps < 1.0, f"diffusion.eps={d.eps} must lie in [0, 1)")
+    _require(0.0 <= d.t_min < 1.0, f"diffusion.t_min={d.t_min} must lie in [0, 1)")
+    _require(d.schedule != "polynomial" or d.power > 0, f"diffusion.power={d.power} must be > 0")
+    _require(d.eval_t_samples >= 1, f"diffusion.eval_t_samples={d.eval_t_samples} must be >= 1")
+    data = c.data
+    _require(data.source in ("embedded", "text", "tfds", "synthetic"), f"data.source={data.source!r}: choose embedded, text, tfds or synthetic")
+    _require(data.source != "text" or bool(data.path), "data.source='text' needs --config.data.path='corpus/*.txt'")
+    _require(data.source != "tfds" or bool(data.tfds_name), "data.source='tfds' needs --config.data.tfds_name=NAME (e.g. lm1b)")
+    _require(data.mode in ("pack", "pad"), f"data.mode={data.mode!r}: choose 'pack' or 'pad'")
+    _require(data.seq_len >= 2, f"data.seq_len={data.seq_len} must be >= 2")
+    _require(0 <= data.val_percent < 100, f"data.val_percent={data.val_percent} must lie in [0, 100)")
+    o = c.optim
+    _require(o.lr > 0, f"optim.lr={o.lr} must be > 0")
+    _require(0 <= o.warmup_steps <= c.train.num_steps, f"optim.warmup_steps={o.warmup_steps} must lie in [0, train.num_steps={c.train.num_steps}]")
+    _require(0.0 <= o.ema_decay < 1.0, f"optim.ema_decay={o.ema_decay} must lie in [0, 1)")
+    _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+    t = c.train
+    _require(t.num_steps >= 1, f"train.num_steps={t.num_steps} must be >= 1")
+    _require(t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
+    _require(t.batch_size % (t.grad_accum * process_count) == 0,
+             f"train.batch_size={t.batch_size} is not divisible by grad_accum={t.grad_accum} x processes={process_count}; "
+             f"use a multiple of {t.grad_accum * process_count}")
+    _require(t.eval_batch_size % process_count == 0, f"train.eval_batch_size={t.eval_batch_size} is not divisible by {process_count} processes")
+    for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches", "eval_batch_size"):
+        _require(t[key] >= 1, f"train.{key}={t[key]} must be >= 1")
+    _require(c.sample.num_samples >= 0 and c.sample.steps >= 1, "sample.num_samples must be >= 0 and sample.steps >= 1")

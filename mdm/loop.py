@@ -1,0 +1,250 @@
+"""The one training loop: any objective, checkpointed, resumable exactly.
+
+`run(config, workdir)` builds the tokenizer, data iterators, model and objective from the
+config, restores the latest checkpoint in `workdir` if there is one (state, data-iterator
+position; metrics logged after it are dropped), and trains to `train.num_steps`. The RNG of step
+k is fold_in(PRNGKey(seed), k), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from mdm import data as mdm_data
+from mdm import process
+from mdm.checkpoint import Checkpointer
+from mdm.config import validate
+from mdm.errors import DataError, TrainingError
+from mdm.metrics import MetricsWriter, summarize_eval
+from mdm.networks import Transformer, TransformerConfig
+from mdm.objectives import EVAL_SUM_KEYS, Objective, make_objective
+from mdm.optim import learning_rate_schedule, make_optimizer
+from mdm.samplers import ancestral_sample
+from mdm.schedules import make_schedule
+from mdm.state import TrainState, init_state, make_train_step
+
+log = logging.getLogger("mdm")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What `run` builds from a config: everything but the mutable state."""
+
+    config: Any
+    tokenizer: Any
+    objective: Objective
+    optimizer: Any
+
+
+def build(config) -> Experiment:
+    """Tokenizer, model, objective and optimiser for `config`."""
+    tokenizer = mdm_data.make_tokenizer(config.data)
+    m = config.model
+    model = Transformer(
+        TransformerConfig(
+            vocab_size=tokenizer.vocab_size,
+            num_layers=m.num_layers,
+            d_model=m.d_model,
+            num_heads=m.num_heads,
+            mlp_dim=m.mlp_dim,
+            causal=config.objective == "ar",
+            tie_embeddings=m.tie_embeddings,
+            time_conditioning=m.time_conditioning,
+            rope_base=m.rope_base,
+            dtype=m.dtype,
+            remat=m.remat,
+            init_std=m.init_std,
+        )
+    )
+    objective = make_objective(config, model, tokenizer.pad_id, tokenizer.token_bytes)
+    optimizer = make_optimizer(config.optim, config.train.num_steps)
+    return Experiment(config, tokenizer, objective, optimizer)
+
+
+def make_eval_fn(objective: Objective):
+    """jit-compiled (params, batch, rng) -> pooled sums."""
+    return jax.jit(objective.eval_sums)
+
+
+def evaluate(eval_fn, params, batches: list[dict], rng: jax.Array, prefix: str) -> dict[str, float]:
+    """Pooled NLL over `batches`; batch i uses fold_in(rng, i) (the same every evaluation)."""
+    totals = {k: 0.0 for k in EVAL_SUM_KEYS}
+    for i, batch in enumerate(batches):
+        sums = eval_fn(params, batch, jax.random.fold_in(rng, i))
+        for k in EVAL_SUM_KEYS:
+            totals[k] += float(sums[k])
+    return summarize_eval(totals, prefix)
+
+
+def load_eval_batches(config, tokenizer) -> list[dict]:
+    """The fixed validation batches every evaluation uses (the first `train.eval_batches`)."""
+    t = config.train
+    it = mdm_data.make_iterator(
+        config.data, "validation", tokenizer, t.eval_batch_size // jax.process_count(),
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        shuffle=False, num_epochs=1,
+    )
+    batches = []
+    for batch in it:
+        batches.append({"tokens": jnp.asarray(batch["tokens"])})
+        if len(batches) == t.eval_batches:
+            break
+    if not batches:
+        raise DataError(
+            f"the validation split holds fewer than {t.eval_batch_size} windows of {config.data.seq_len} tokens; "
+            "lower --config.train.eval_batch_size or --config.data.seq_len, or raise --config.data.val_percent"
+        )
+    return batches
+
+
+def denoiser_fn(objective: Objective, params):
+    """The sampler-facing denoiser (tokens, t) -> logits for fixed params."""
+    time_cond = objective.model.cfg.time_conditioning
+
+    def denoise(tokens, t):
+        return objective.model.apply({"params": params}, tokens, t if time_cond else None)
+
+    return denoise
+
+
+def draw_samples(exp: Experiment, params, num: int, steps: int, seed: int) -> list[str]:
+    """Unconditional samples: ancestral MDM sampling or AR decoding, decoded to text."""
+    length = exp.config.data.seq_len
+    mask = process.mask_id(exp.tokenizer.vocab_size)
+    key = jax.random.PRNGKey(seed)
+    if exp.config.objective == "ar":
+        tokens = _ar_sample(exp.objective, params, key, num, length)
+    else:
+        d = exp.config.diffusion
+        schedule = make_schedule(d.schedule, d.eps, d.power)
+        start = jnp.full((num, length), mask, jnp.int32)
+        sample_fn = jax.jit(
+            lambda p, k, x: ancestral_sample(denoiser_fn(exp.objective, p), k, x, mask, schedule, steps)[0]
+        )
+        tokens = sample_fn(params, key, start)
+    return [exp.tokenizer.decode(np.asarray(row)) for row in tokens]
+
+
+def _ar_sample(objective: Objective, params, key, num: int, length: int):
+    """Ancestral AR decoding by re-running the causal network (no KV cache; fine for short samples)."""
+    start = process.mask_id(objective.vocab_size)
+
+    @jax.jit
+    def sample(params, key):
+        def step(i, x):
+            inputs = jnp.concatenate([jnp.full((num, 1), start, jnp.int32), x[:, :-1]], axis=1)
+            logits = objective.model.apply({"params": params}, inputs)[:, i]
+            tok = jax.random.categorical(jax.random.fold_in(key, i), logits, axis=-1)
+            return x.at[:, i].set(tok)
+
+        return jax.lax.fori_loop(0, length, step, jnp.zeros((num, length), jnp.int32))
+
+    return sample(params, key)
+
+
+def _train_iterator(config, tokenizer):
+    return mdm_data.make_iterator(
+        config.data, "train", tokenizer, config.train.batch_size // jax.process_count(),
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+
+
+def _check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss) or not math.isfinite(float(metrics["grad_norm"])):
+        kept = f"the checkpoint at step {last_checkpoint} is kept" if last_checkpoint is not None else "no checkpoint was written"
+        raise TrainingError(
+            f"non-finite loss ({loss}) at step {step}; {kept}. Lower --config.optim.lr, "
+            "raise --config.optim.warmup_steps or use --config.model.dtype=float32"
+        )
+
+
+def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict[str, float]:
+    """Trains (or resumes) in `workdir`; returns the final evaluation metrics.
+
+    `stop_at_step` ends the run early without a final checkpoint, as a killed job would (tests).
+    """
+    validate(config, jax.process_count())
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp = build(config)
+    t = config.train
+    writer = MetricsWriter(workdir / "metrics.jsonl")
+    checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints)
+
+    train_it = _train_iterator(config, exp.tokenizer)
+    eval_batches = load_eval_batches(config, exp.tokenizer)
+    init_rng, step_rng, eval_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+
+    abstract = jax.eval_shape(lambda: init_state(exp.objective, exp.optimizer, init_rng, config.data.seq_len))
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, data_state = checkpointer.restore(latest, abstract, config)
+        train_it.set_state(data_state)
+        writer.truncate_after(latest)
+        log.info("resumed from step %d in %s", latest, workdir)
+    else:
+        state = jax.jit(lambda: init_state(exp.objective, exp.optimizer, init_rng, config.data.seq_len))()
+        writer.write(0, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
+    start_step = int(state.step)
+
+    train_step = jax.jit(
+        make_train_step(exp.objective, exp.optimizer, config.optim.ema_decay, t.grad_accum), donate_argnums=0
+    )
+    eval_fn = make_eval_fn(exp.objective)
+    tokens_per_step = t.batch_size * config.data.seq_len
+    lr_fn = learning_rate_schedule(config.optim, t.num_steps)
+    last_ckpt = latest
+    bar = tqdm.tqdm(total=t.num_steps, initial=start_step, disable=not t.progress_bar, unit="step", dynamic_ncols=True)
+    pending: tuple[int, dict] | None = None  # metrics of the previous step, read one step late
+    interval_start, interval_steps = time.perf_counter(), 0
+    final: dict[str, float] = {}
+    for step in range(start_step + 1, t.num_steps + 1):
+        batch = {"tokens": jnp.asarray(next(train_it)["tokens"])}
+        state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
+        interval_steps += 1
+        if pending is not None:
+            _check_finite(*pending, last_ckpt)
+        pending = (step, metrics)
+        if step % t.log_every == 0 or step == t.num_steps:
+            _check_finite(step, metrics, last_ckpt)
+            elapsed = time.perf_counter() - interval_start
+            tok_s = interval_steps * tokens_per_step / elapsed
+            interval_start, interval_steps = time.perf_counter(), 0
+            record = {f"train/{k}": float(v) for k, v in metrics.items()}
+            record["train/lr"] = float(lr_fn(step - 1))
+            record["train/tokens_per_s"] = tok_s
+            writer.write(step, record)
+            bar.set_postfix(loss=f"{record['train/loss']:.4f}", tok_s=f"{tok_s:,.0f}")
+        if step % t.eval_every == 0 or step == t.num_steps:
+            final = evaluate(eval_fn, state.params, eval_batches, eval_rng, "eval")
+            final.update(evaluate(eval_fn, state.ema_params, eval_batches, eval_rng, "eval_ema"))
+            writer.write(step, final)
+            bar.write(
+                f"step {step}: eval {final['eval/nats_per_token']:.4f} nats/token, "
+                + (f"{final['eval/bits_per_byte']:.4f} bits/byte" if "eval/bits_per_byte" in final else "")
+                + f" (EMA {final['eval_ema/nats_per_token']:.4f} nats/token)"
+            )
+        if stop_at_step is not None and step >= stop_at_step:
+            bar.close()
+            return final
+        if step % t.checkpoint_every == 0 or step == t.num_steps:
+            _check_finite(step, metrics, last_ckpt)
+            checkpointer.save(step, state, train_it.get_state(), config)
+            last_ckpt = step
+        bar.update(1)
+    bar.close()
+    if config.sample.num_samples > 0:
+        for i, text in enumerate(draw_samples(exp, state.ema_params, config.sample.num_samples, config.sample.steps, config.sample.seed)):
+            print(f"--- sample {i} ---\n{text}")
+    return final

@@ -1,0 +1,83 @@
+"""The objective seam: what the one training loop calls.
+
+An objective is a frozen dataclass with two pure methods:
+- `loss(params, batch, rng) -> (scalar, metrics)`: the training loss (nats/token) to minimise.
+- `eval_sums(params, batch, rng) -> dict`: per-batch sums (nats, tokens, bytes and the moments
+  for a standard error) that add up over batches and devices, so evaluation over many batches is
+  exact pooling, never a mean of per-batch ratios.
+Batches are dicts with 'tokens': int32[B, L].
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from mdm.networks import Transformer
+
+Params = Any
+Metrics = dict[str, Array]
+
+EVAL_SUM_KEYS = ("nats", "tokens", "bytes", "nats_sq", "nats_tokens", "tokens_sq", "sequences")
+
+
+def token_nll(logits_BxLxV: Array, targets_BxL: Array) -> Array:
+    """-log softmax(logits)[target], float32[B, L]."""
+    logits = logits_BxLxV.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def per_example_sums(nats_B: Array, tokens_B: Array, bytes_B: Array) -> Metrics:
+    """Sums over a batch of per-sequence NLLs, for the pooled ratio estimator and its s.e."""
+    nats_B = nats_B.astype(jnp.float32)
+    tokens_B = tokens_B.astype(jnp.float32)
+    return {
+        "nats": nats_B.sum(),
+        "tokens": tokens_B.sum(),
+        "bytes": bytes_B.astype(jnp.float32).sum(),
+        "nats_sq": (nats_B**2).sum(),
+        "nats_tokens": (nats_B * tokens_B).sum(),
+        "tokens_sq": (tokens_B**2).sum(),
+        "sequences": jnp.asarray(nats_B.shape[0], jnp.float32),
+    }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Objective(abc.ABC):
+    """A model, its special ids and the per-token byte lengths used for bits/byte."""
+
+    model: Transformer
+    pad_id: int
+    token_bytes: tuple[int, ...]
+    mask_padding: bool = False
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.cfg.vocab_size
+
+    def real_tokens(self, tokens_BxL: Array) -> Array:
+        """bool[B, L]: positions that are data, not padding."""
+        return tokens_BxL != self.pad_id
+
+    def attention_mask(self, tokens_BxL: Array) -> Array | None:
+        """Key mask that hides padding (only in pad mode; packed batches have none)."""
+        return self.real_tokens(tokens_BxL) if self.mask_padding else None
+
+    def bytes_per_example(self, tokens_BxL: Array) -> Array:
+        """int32[B]: UTF-8 bytes each sequence stands for (specials count 0)."""
+        table = jnp.asarray(self.token_bytes, jnp.int32)
+        return jnp.where(self.real_tokens(tokens_BxL), table[tokens_BxL], 0).sum(-1)
+
+    @abc.abstractmethod
+    def loss(self, params: Params, batch: dict[str, Array], rng: Array) -> tuple[Array, Metrics]:
+        """Training loss (scalar, nats/token) and float32 scalar metrics."""
+
+    @abc.abstractmethod
+    def eval_sums(self, params: Params, batch: dict[str, Array], rng: Array) -> Metrics:
+        """The sums of `per_example_sums` for one batch."""

@@ -1,0 +1,36 @@
+"""Train a masked diffusion (or AR) language model.
+
+    python train.py --workdir runs/default [--config configs/default.py] [--config.key=value ...]
+
+With no arguments it trains configs/default.py on the embedded dataset in runs/default.
+Re-running with the same --workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import sys
+
+from mdm.errors import MdmError
+
+ROOT = pathlib.Path(__file__).resolve().parent
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        from mdm.config import parse_command_line
+        from mdm.loop import run
+
+        config, flags = parse_command_line(argv, ROOT / "configs" / "default.py", {"workdir": "runs/default"})
+        print(f"training {config.objective} in {flags['workdir']}")
+        run(config, flags["workdir"])
+    except MdmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
