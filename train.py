@@ -18,7 +18,11 @@ ROOT = pathlib.Path(__file__).resolve().parent
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mdm").setLevel(logging.INFO)
+    from absl import logging as absl_logging  # orbax logs every save at INFO through absl
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         from mdm.config import parse_command_line
         from mdm.loop import run

@@ -230,6 +230,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
             final = evaluate(eval_fn, state.params, eval_batches, eval_rng, "eval")
             final.update(evaluate(eval_fn, state.ema_params, eval_batches, eval_rng, "eval_ema"))
             writer.write(step, final)
+            interval_start, interval_steps = time.perf_counter(), 0  # keep eval time out of tokens/s
             bar.write(
                 f"step {step}: eval {final['eval/nats_per_token']:.4f} nats/token, "
                 + (f"{final['eval/bits_per_byte']:.4f} bits/byte" if "eval/bits_per_byte" in final else "")

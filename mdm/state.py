@@ -80,7 +80,7 @@ def make_train_step(
             opt_state=opt_state,
             ema_params=ema_update(state.ema_params, params, state.step, ema_decay),
         )
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return new_state, metrics
 
     return train_step

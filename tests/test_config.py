@@ -1,0 +1,78 @@
+"""Configs: every shipped file loads, overrides are typed, bad input is one clear line."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from mdm.config import base_config, load_config, parse_command_line, validate
+from mdm.errors import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "configs" / "default.py"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_validates(path):
+    validate(load_config(path))
+
+
+def test_overrides_are_parsed_with_the_type_of_the_default():
+    config, flags = parse_command_line(
+        ["--workdir", "/tmp/x", "--config.model.d_model=64", "--config.optim.lr=3e-4", "--config.optim.warmup_steps", "7",
+         "--config.model.tie_embeddings=false", "--config.data.source=synthetic", "--config.optim.b2=1"],
+        DEFAULT, {"workdir": "runs/default"},
+    )
+    assert flags["workdir"] == "/tmp/x"
+    assert config.model.d_model == 64 and config.optim.lr == 3e-4 and config.optim.warmup_steps == 7
+    assert config.model.tie_embeddings is False and config.data.source == "synthetic"
+    assert config.optim.b2 == 1.0 and isinstance(config.optim.b2, float)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--config.model.dmodel=64"], "unknown config key 'model.dmodel'"),
+        (["--config.modle.d_model=64"], "unknown config key 'modle.d_model'"),
+        (["--config.model.d_model=abc"], "expects int, got 'abc'"),
+        (["--config.model.d_model=1.5"], "expects int, got float"),
+        (["--config.model.tie_embeddings=maybe"], "expects a bool"),
+        (["--config.model=3"], "is a section"),
+        (["--config", "configs/nope.py"], "not found"),
+        (["--wrkdir=/tmp"], "unknown flag --wrkdir"),
+        (["--config.model.num_heads=3"], "not divisible by model.num_heads=3"),
+        (["--config.train.batch_size=30", "--config.train.grad_accum=4"], "batch_size=30 is not divisible"),
+        (["--config.data.seq_len=1"], "data.seq_len=1 must be >= 2"),
+        (["--config.data.source=text"], "needs --config.data.path"),
+        (["--config.objective=gpt"], "objective='gpt'"),
+        (["--config.diffusion.schedule=sqrt"], "diffusion.schedule='sqrt'"),
+        (["--config.optim.warmup_steps=100000"], "warmup_steps=100000"),
+    ],
+)
+def test_bad_command_lines_are_one_clear_line(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        parse_command_line(argv, DEFAULT, {"workdir": "runs/default"})
+    assert "\n" not in str(err.value)
+
+
+def test_config_files_may_not_add_keys(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("from mdm.config import base_config\n"
+                    "def get_config():\n    c = base_config()\n    c.model.depth = 3\n    return c\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.depth'"):
+        load_config(path)
+
+
+def test_base_config_declares_every_key_it_validates():
+    validate(base_config())
+
+
+def test_train_py_reports_bad_input_in_one_line_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--workdir", str(tmp_path), "--config.model.d_modle=3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown config key 'model.d_modle'")

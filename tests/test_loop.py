@@ -1,0 +1,147 @@
+"""The training loop: learning, exact resume, gradient accumulation, clear failures."""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdm.config import base_config, validate
+from mdm.errors import CheckpointError, DataError, TrainingError
+from mdm.loop import build, run
+from mdm.metrics import read_metrics
+from mdm.state import init_state, make_train_step
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+    c = base_config()
+    c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.mlp_dim = 2, 32, 2, 64
+    c.data.seq_len = 32
+    c.train.batch_size = 8
+    c.train.num_steps = 8
+    c.train.log_every = 1
+    c.train.eval_every = 4
+    c.train.checkpoint_every = 4
+    c.train.eval_batches = 2
+    c.train.eval_batch_size = 8
+    c.train.progress_bar = False
+    c.optim.warmup_steps = 2
+    c.diffusion.eval_t_samples = 2
+    c.sample.num_samples = 0
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    validate(c)
+    return c
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k != "train/tokens_per_s"} for r in records]
+
+
+@pytest.mark.parametrize("objective", ["mdm", "ar"])
+def test_killed_run_resumes_exactly(tmp_path, objective):
+    config = tiny_config(objective=objective)
+    run(config, tmp_path / "straight")
+    # Killed at step 6: metrics of steps 5-6 were written, the last checkpoint is step 4.
+    run(config, tmp_path / "killed", stop_at_step=6)
+    assert max(r["step"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl")) == 6
+    run(config, tmp_path / "killed")
+    straight = _without_timing(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    resumed = _without_timing(read_metrics(tmp_path / "killed" / "metrics.jsonl"))
+    assert resumed == straight
+    assert sum("eval/nats_per_token" in r for r in straight) == 2
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    config = tiny_config(objective="ar")
+    exp = build(config)
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 32), 0, 256)
+    results = []
+    for accum in (1, 4):
+        state = init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), 32)
+        step = jax.jit(make_train_step(exp.objective, exp.optimizer, 0.9, accum))
+        state, metrics = step(state, {"tokens": tokens}, jax.random.PRNGKey(1))
+        results.append((state, metrics))
+    (s1, m1), (s4, m4) = results
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _tiny_corpus(tmp_path: pathlib.Path) -> str:
+    # Each document is 30 bytes; with BOS/EOS it fills exactly one 32-token window.
+    docs = ["the cat sat on the mat today..", "a dog ran in the park at noon.", "my bird sang a song at dawn..."]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps({"text": docs[i % 3]}) for i in range(300)))
+    return str(path)
+
+
+@pytest.mark.parametrize("objective,threshold", [("ar", 0.15), ("mdm", 0.5)])
+def test_tiny_models_overfit_a_tiny_corpus(tmp_path, objective, threshold):
+    config = tiny_config(
+        objective=objective, **{"data.source": "text", "data.path": _tiny_corpus(tmp_path), "data.val_percent": 0,
+                                "train.num_steps": 150, "train.eval_every": 150, "train.checkpoint_every": 150,
+                                "optim.lr": 3e-3, "optim.warmup_steps": 10, "model.d_model": 64, "model.mlp_dim": 128}
+    )
+    # With val_percent=0 the validation split is empty, so evaluate on the training text.
+    config.data.val_percent = 0
+    with pytest.raises(DataError, match="validation"):
+        run(config, tmp_path / "no_val")
+    config.data.val_percent = 50
+    final = run(config, tmp_path / "run")
+    train_losses = [r["train/loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert np.mean(train_losses[-10:]) < threshold, np.mean(train_losses[-10:])
+    assert final["eval/nats_per_token"] < threshold + 0.1
+
+
+def test_default_config_short_run_lowers_validation_loss(tmp_path):
+    from mdm.config import load_config
+
+    config = load_config(ROOT / "configs" / "default.py")
+    config.train.num_steps = 40
+    config.optim.warmup_steps = 10
+    config.train.eval_every = 20
+    config.train.eval_batches = 4
+    config.train.progress_bar = False
+    config.sample.num_samples = 0
+    run(config, tmp_path)
+    evals = [r["eval/bits_per_byte"] for r in read_metrics(tmp_path / "metrics.jsonl") if "eval/bits_per_byte" in r]
+    assert len(evals) == 2
+    assert evals[1] < evals[0] < np.log2(256)
+
+
+def test_checkpoint_that_disagrees_with_the_config_is_a_clear_error(tmp_path):
+    run(tiny_config(**{"train.num_steps": 4}), tmp_path)
+    with pytest.raises(CheckpointError, match="model.d_model=32 .* model.d_model=64"):
+        run(tiny_config(**{"train.num_steps": 8, "model.d_model": 64}), tmp_path)
+    with pytest.raises(CheckpointError, match="data.source"):
+        run(tiny_config(**{"train.num_steps": 8, "data.source": "synthetic"}), tmp_path)
+    # Nothing was lost: the original run still resumes.
+    run(tiny_config(**{"train.num_steps": 8}), tmp_path)
+    assert max(r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")) == 8
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    config = tiny_config(**{"optim.lr": 1e30, "optim.grad_clip": 0.0, "optim.warmup_steps": 0,
+                            "train.num_steps": 20, "train.checkpoint_every": 1})
+    with pytest.raises(TrainingError, match="non-finite loss .* at step"):
+        run(config, tmp_path)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps, "the last finite checkpoint must survive"
+
+
+def test_missing_and_empty_data_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="nothing/here"):
+        run(tiny_config(**{"data.source": "text", "data.path": str(tmp_path / "nothing/here/*.txt")}), tmp_path / "a")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError):
+        run(tiny_config(**{"data.source": "text", "data.path": str(tmp_path / "empty.txt")}), tmp_path / "b")
