@@ -1,0 +1,254 @@
+"""grain input pipelines: batches {'tokens': int32 [batch_size, seq_len]}.
+
+Records (int32 [seq_len] each) are made in one of four ways:
+- pack mode, in memory (embedded, text, and the tfds validation split): all
+  documents are tokenized once into one stream, cut into `packing.Windows`.
+- pack mode, streamed (tfds train split, too big for memory): documents are
+  shuffled by index, tokenized on the fly and cut by `packing.PackIterDataset`.
+- pad mode: each document is tokenized and padded when its record is read.
+- synthetic: `MarkovLanguage.sequence(index, seq_len)` (data.mode is ignored).
+Process p of P keeps records (documents, when streamed) p, p + P, ... of the
+first P * (n // P), so all processes get equally many; each shuffles its own.
+Random-access records make a checkpoint a record index. No worker processes
+or prefetch threads are used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grain
+import numpy as np
+
+from mdm.data import packing, sources
+from mdm.data.tokenizers import Tokenizer
+from mdm.errors import ConfigError, DataError
+
+MODES = ("pack", "pad")
+_NO_THREADS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+def _checked(tokens: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    """`tokens`, after checking every id is in [0, vocab_size)."""
+    if tokens.size:
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= tokenizer.vocab_size:
+            raise DataError(
+                f"token id {high if high >= tokenizer.vocab_size else low} is outside the"
+                f" tokenizer's vocabulary [0, {tokenizer.vocab_size}): use a tokenizer"
+                " whose vocab_size covers every id it produces"
+            )
+    return tokens
+
+
+def _describe(data_cfg: Any, split: str) -> str:
+    return f"the {split} split of data.source={data_cfg.source!r}"
+
+
+def _too_small(
+    data_cfg: Any, split: str, have: str, records: int, batch_size: int, process_count: int
+) -> DataError:
+    return DataError(
+        f"{_describe(data_cfg, split)} has {have}, i.e. {records // process_count} records"
+        f" of seq_len {data_cfg.seq_len} per process ({process_count} processes), fewer"
+        f" than one batch of {batch_size}: lower batch_size or data.seq_len, or use a"
+        " larger corpus"
+    )
+
+
+def _synthetic_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> grain.MapDataset:
+    if data_cfg.synthetic_vocab > tokenizer.vocab_size:
+        raise DataError(
+            f"data.synthetic_vocab={data_cfg.synthetic_vocab} symbols do not fit a tokenizer"
+            f" with vocab_size {tokenizer.vocab_size}: build it with make_tokenizer(data_cfg)"
+        )
+    return grain.MapDataset.source(sources.synthetic_sequences(data_cfg, split))
+
+
+def _padded_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> grain.MapDataset:
+    def pad(doc: sources.Document) -> np.ndarray:
+        tokens = _checked(tokenizer.encode(doc), tokenizer)
+        return packing.pad_document(
+            tokens, data_cfg.seq_len, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
+        )
+
+    return grain.MapDataset.source(sources.documents(data_cfg, split)).map(pad)
+
+
+def _packed_records(
+    data_cfg: Any, split: str, tokenizer: Tokenizer
+) -> tuple[grain.MapDataset, int]:
+    """Windows of the split's whole token stream, and the stream's length."""
+    docs = list(sources.documents(data_cfg, split))
+    tokens = [_checked(t, tokenizer) for t in tokenizer.encode_batch(docs)]
+    stream = packing.concatenate_documents(tokens, tokenizer.bos_id, tokenizer.eos_id)
+    return grain.MapDataset.source(packing.Windows(stream, data_cfg.seq_len)), len(stream)
+
+
+def _records(
+    data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, process_count: int
+) -> grain.MapDataset:
+    """Random-access records int32 [seq_len]; at least one batch per process."""
+    if data_cfg.source == "synthetic":
+        records = _synthetic_records(data_cfg, split, tokenizer)
+        have = f"{len(records)} sequences"
+    elif data_cfg.mode == "pad":
+        records = _padded_records(data_cfg, split, tokenizer)
+        have = f"{len(records)} documents"
+    else:
+        records, num_tokens = _packed_records(data_cfg, split, tokenizer)
+        have = f"{num_tokens} tokens (BOS/EOS included)"
+    if len(records) // process_count < batch_size:
+        raise _too_small(data_cfg, split, have, len(records), batch_size, process_count)
+    return records
+
+
+def _shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grain.MapDataset:
+    """Elements process_index, process_index + process_count, ... of an equal-size cut."""
+    usable = len(ds) - len(ds) % process_count
+    return ds[:usable][process_index::process_count]
+
+
+def _order(
+    ds: grain.MapDataset, seed: int, shuffle: bool, num_epochs: int | None
+) -> grain.MapDataset:
+    if shuffle:
+        ds = ds.shuffle(seed)  # `repeat` reseeds it: a new permutation each epoch
+    return ds if num_epochs == 1 else ds.repeat(num_epochs)
+
+
+def _as_batch(records: list[np.ndarray]) -> dict[str, np.ndarray]:
+    return {"tokens": np.stack(records).astype(np.int32)}
+
+
+def _streamed_batches(
+    data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, seed: int,
+    process_index: int, process_count: int, shuffle: bool, num_epochs: int | None,
+) -> grain.IterDataset:
+    """Pack mode without materializing the split: shuffled documents, packed on the fly."""
+    docs = grain.MapDataset.source(sources.documents(data_cfg, split))
+    docs = _shard(docs, process_index, process_count)
+    need, have = batch_size * data_cfg.seq_len, 0
+    for i in range(len(docs)):  # tokenize only as much as proves one batch fits
+        have += len(tokenizer.encode(docs[i])) + 2
+        if have >= need:
+            break
+    else:
+        raise DataError(
+            f"{_describe(data_cfg, split)} has {have} tokens (BOS/EOS included) per process,"
+            f" fewer than one batch of {batch_size} x seq_len {data_cfg.seq_len} = {need}:"
+            " lower batch_size or data.seq_len, or use a larger corpus"
+        )
+
+    def encode(doc: sources.Document) -> np.ndarray:
+        tokens = _checked(tokenizer.encode(doc), tokenizer)
+        return packing.with_specials(tokens, tokenizer.bos_id, tokenizer.eos_id)
+
+    tokens = _order(docs, seed, shuffle, num_epochs).map(encode)
+    windows = packing.PackIterDataset(tokens.to_iter_dataset(_NO_THREADS), data_cfg.seq_len)
+    return windows.batch(batch_size, drop_remainder=True, batch_fn=_as_batch)
+
+
+def _check_arguments(
+    data_cfg: Any, split: str, batch_size: int, process_index: int, process_count: int,
+    num_epochs: int | None,
+) -> None:
+    sources.check_split(split)
+    if data_cfg.source not in sources.SOURCES:
+        raise ConfigError(f"data.source={data_cfg.source!r} is not one of {sources.SOURCES}")
+    if data_cfg.mode not in MODES:
+        raise ConfigError(f"data.mode={data_cfg.mode!r} is not one of {MODES}")
+    if data_cfg.seq_len < 2:
+        raise DataError(f"data.seq_len={data_cfg.seq_len} is too short: use seq_len >= 2")
+    if batch_size < 1:
+        raise DataError(f"batch_size={batch_size} is not positive: use a per-process batch >= 1")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got {process_index}, {process_count}"
+        )
+
+
+def make_iterator(
+    data_cfg: Any,
+    split: str,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool | None = None,
+    num_epochs: int | None = None,
+) -> grain.DatasetIterator:
+    """Batches {'tokens': int32 [batch_size, seq_len]} of `split` for one process.
+
+    Args:
+      batch_size: the per-process batch; an incomplete last batch is dropped.
+      seed: shuffle seed (the permutation changes every epoch).
+      shuffle, num_epochs: None means the split's default: train is shuffled and
+        repeats forever; validation is in order, one pass.
+    Returns:
+      A grain iterator; `get_state()`/`set_state()` save and restore its position.
+    """
+    _check_arguments(data_cfg, split, batch_size, process_index, process_count, num_epochs)
+    is_train = split == "train"
+    shuffle = is_train if shuffle is None else shuffle
+    num_epochs = (None if is_train else 1) if num_epochs is None else num_epochs
+    if data_cfg.source == "tfds" and is_train and data_cfg.mode == "pack":
+        return _streamed_batches(
+            data_cfg, split, tokenizer, batch_size, seed,
+            process_index, process_count, shuffle, num_epochs,
+        ).__iter__()
+    records = _records(data_cfg, split, tokenizer, batch_size, process_count)
+    records = _order(_shard(records, process_index, process_count), seed, shuffle, num_epochs)
+    batches = records.batch(batch_size, drop_remainder=True, batch_fn=_as_batch)
+    return batches.to_iter_dataset(_NO_THREADS).__iter__()
+
+
+def _entropy_bits(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def corpus_statistics(data_cfg: Any, tokenizer: Tokenizer, split: str) -> dict[str, float | int]:
+    """Reference numbers for a split, from one full pass over it.
+
+    Document sources: num_documents, num_bytes, num_tokens (no BOS/EOS),
+    unigram_entropy_bits_per_byte (of the raw bytes) and
+    token_unigram_bits_per_byte (code length of a token unigram model, per byte).
+    Synthetic: entropy_bits_per_token = entropy(seq_len) / seq_len / ln 2 (the
+    best possible loss on its records), entropy_rate_bits_per_token and
+    num_sequences.
+    """
+    sources.check_split(split)
+    if data_cfg.source == "synthetic":
+        records = sources.synthetic_sequences(data_cfg, split)
+        seq_len = data_cfg.seq_len
+        return {
+            "entropy_bits_per_token": records.language.entropy(seq_len) / seq_len / math.log(2),
+            "entropy_rate_bits_per_token": records.language.entropy_rate / math.log(2),
+            "num_sequences": len(records),
+        }
+    docs = list(sources.documents(data_cfg, split))
+    byte_counts = np.zeros(256, dtype=np.int64)
+    for doc in docs:
+        data = doc.encode("utf-8") if isinstance(doc, str) else doc
+        byte_counts += np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
+    token_counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    for tokens in tokenizer.encode_batch(docs):
+        token_counts += np.bincount(_checked(tokens, tokenizer), minlength=tokenizer.vocab_size)
+    num_bytes, num_tokens = int(byte_counts.sum()), int(token_counts.sum())
+    if num_bytes == 0:
+        raise DataError(
+            f"{_describe(data_cfg, split)} is empty: use a larger corpus or change data.val_percent"
+        )
+    return {
+        "num_documents": len(docs),
+        "num_bytes": num_bytes,
+        "num_tokens": num_tokens,
+        "unigram_entropy_bits_per_byte": _entropy_bits(byte_counts),
+        "token_unigram_bits_per_byte": _entropy_bits(token_counts) * num_tokens / num_bytes,
+    }
