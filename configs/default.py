@@ -13,6 +13,7 @@ def get_config():
     c.model.num_layers = 4
     c.model.d_model = 128
     c.model.num_heads = 4
+    c.model.attention_chunk = 4  # CPU: keeps each chunk's attention scores in cache
     c.model.mlp_dim = 384
     c.data.source = "embedded"
     c.data.seq_len = 128

@@ -12,6 +12,7 @@ def get_config():
     c.model.num_layers = 4
     c.model.d_model = 256
     c.model.num_heads = 4
+    c.model.attention_chunk = 4  # CPU: keeps each chunk's attention scores in cache
     c.model.mlp_dim = 704
     c.model.time_conditioning = True
     c.data.source = "synthetic"

@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.rope_base = 10_000.0
     c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32)
     c.model.remat = False
+    c.model.attention_chunk = 0  # >0: attention over this many sequences at a time (faster on CPU)
     c.model.init_std = 0.02
 
     c.diffusion = ml_collections.ConfigDict()
@@ -216,6 +217,7 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
         _require(m[key] >= 1, f"model.{key}={m[key]} must be >= 1")
     _require(m.d_model % m.num_heads == 0, f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}")
     _require((m.d_model // m.num_heads) % 2 == 0, f"head dim d_model/num_heads={m.d_model // m.num_heads} must be even for RoPE")
+    _require(m.attention_chunk >= 0, f"model.attention_chunk={m.attention_chunk} must be >= 0 (0: whole batch)")
     _require(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: choose 'float32' or 'bfloat16'")
     d = c.diffusion
     _require(d.schedule in ("linear", "cosine", "polynomial"), f"diffusion.schedule={d.schedule!r}: choose linear, cosine or polynomial")

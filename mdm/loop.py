@@ -64,6 +64,7 @@ def build(config) -> Experiment:
             dtype=m.dtype,
             remat=m.remat,
             init_std=m.init_std,
+            attention_chunk=m.attention_chunk,
         )
     )
     objective = make_objective(config, model, tokenizer.pad_id, tokenizer.token_bytes)

@@ -52,3 +52,25 @@ class JointOracleModel:
     def entropy(self) -> float:
         p = self.probs[self.probs > 0]
         return float(-(p * np.log(p)).sum())
+
+
+class MarkovOracleModel:
+    """The exact denoiser of a `MarkovLanguage`: forward-backward posteriors, via a host callback."""
+
+    def __init__(self, language):
+        self.language = language
+        self.cfg = _Cfg(vocab_size=language.vocab)
+
+    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None):
+        import jax
+
+        mask = self.cfg.vocab_size
+
+        def host(tokens):
+            tokens = np.asarray(tokens)
+            observed = tokens != mask
+            post = self.language.conditionals(np.where(observed, tokens, 0), observed)
+            return np.log(np.maximum(post, 1e-300)).astype(np.float32)
+
+        shape = jax.ShapeDtypeStruct(tokens_BxL.shape + (self.cfg.vocab_size,), jnp.float32)
+        return jax.pure_callback(host, shape, tokens_BxL)

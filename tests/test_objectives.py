@@ -136,3 +136,20 @@ def test_bf16_forward_and_backward_are_finite_on_extreme_rows(time):
         value, grads = value_and_grad(params, t)
         assert np.isfinite(float(value))
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_markov_oracle_denoiser_scores_the_true_entropy_rate():
+    from mdm.data import MarkovLanguage
+    from oracles import MarkovOracleModel
+
+    lang = MarkovLanguage(vocab=5, seed=3)
+    L = 16
+    x0 = lang.sample(4000, L, seed=1)
+    obj = _mdm(MarkovOracleModel(lang), "linear", k=2)
+    sums = jax.jit(lambda x: obj.eval_sums(None, {"tokens": x}, jax.random.PRNGKey(0)))(jnp.asarray(x0))
+    n = float(sums["sequences"])
+    mean = float(sums["nats"]) / n
+    se = np.sqrt((float(sums["nats_sq"]) / n - mean**2) / n)
+    exact = lang.entropy(L)
+    assert abs(mean - exact) < 4 * se, (mean, exact, se)
+    assert se < 0.02 * exact
