@@ -27,5 +27,4 @@ def get_config():
     c.optim.b2 = 0.999
     c.optim.weight_decay = 0.1
     c.optim.ema_decay = 0.9999
-    c.sample.steps = 1024
     return c

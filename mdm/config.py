@@ -84,8 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.progress_bar = True
 
     c.sample = ml_collections.ConfigDict()
-    c.sample.num_samples = 2  # samples printed at the end of training (0: none)
-    c.sample.steps = 64
+    c.sample.num_samples = 2  # FHS samples printed at the end of training (0: none)
     c.sample.seed = 0
     return c
 
@@ -122,25 +121,28 @@ def check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigD
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:
-    """Converts the command-line string `text` to the type of the current value of `key`."""
+    """Converts the command-line string `text` to the type of the current value of `key`.
+
+    `key` is the flag as the user wrote it without dashes (e.g. 'config.model.d_model').
+    """
     if isinstance(current, bool):
         low = text.lower()
         if low in ("true", "1", "yes"):
             return True
         if low in ("false", "0", "no"):
             return False
-        raise ConfigError(f"--config.{key}={text}: expects a bool (true/false)")
+        raise ConfigError(f"--{key}={text}: expects a bool (true/false)")
     if isinstance(current, str):
         return text
     expected = type(current).__name__
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ConfigError(f"--config.{key}={text}: expects {expected}, got {text!r}") from None
+        raise ConfigError(f"--{key}={text}: expects {expected}, got {text!r}") from None
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, type(current)) or isinstance(value, bool) != isinstance(current, bool):
-        raise ConfigError(f"--config.{key}={text}: expects {expected}, got {type(value).__name__}")
+        raise ConfigError(f"--{key}={text}: expects {expected}, got {type(value).__name__}")
     return value
 
 
@@ -159,18 +161,18 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
     if isinstance(current, ml_collections.ConfigDict):
         raise ConfigError(f"--config.{key} is a section; set one of its keys, e.g. --config.{key}.{next(iter(current.keys()))}=...")
     with node.unlocked():
-        node[parts[-1]] = _parse_value(key, text, current)
+        node[parts[-1]] = _parse_value("config." + key, text, current)
 
 
-def parse_command_line(argv: Sequence[str], default_config: str | pathlib.Path, extra_flags: dict[str, Any]) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """Parses `--config PATH`, `--config.key=value` and the flags named in `extra_flags`.
+def parse_flags(argv: Sequence[str], flags: dict[str, Any], allow_config: bool = False) -> tuple[dict[str, Any], str | None, list[tuple[str, str]]]:
+    """Parses `--name=value` / `--name value` flags typed by the defaults in `flags`.
 
-    `extra_flags` maps a flag name to its default; its type decides the parsing. Returns the
-    overridden, validated config and the extra flag values.
+    With `allow_config`, also `--config PATH` and `--config.key=value` (returned as the config
+    path and a list of overrides). A bool flag may be given bare (`--flag`).
     """
-    config_path = str(default_config)
+    values = dict(flags)
+    config_path: str | None = None
     overrides: list[tuple[str, str]] = []
-    flags = dict(extra_flags)
     args = list(argv)
     i = 0
     while i < len(args):
@@ -182,21 +184,31 @@ def parse_command_line(argv: Sequence[str], default_config: str | pathlib.Path, 
             if i + 1 < len(args) and not args[i + 1].startswith("--"):
                 value = args[i + 1]
                 i += 1
-            elif name in flags and isinstance(flags[name], bool):
+            elif isinstance(flags.get(name), bool):
                 value = "true"
             else:
                 raise ConfigError(f"flag --{name} needs a value: --{name}=VALUE")
-        if name == "config":
+        if allow_config and name == "config":
             config_path = value
-        elif name.startswith("config."):
+        elif allow_config and name.startswith("config."):
             overrides.append((name[len("config."):], value))
         elif name in flags:
-            flags[name] = _parse_value(name, value, flags[name]) if flags[name] is not None else value
+            values[name] = _parse_value(name, value, flags[name])
         else:
-            known = ", ".join(["--config", "--config.KEY"] + [f"--{k}" for k in flags])
-            raise ConfigError(f"unknown flag --{name}; known flags: {known}")
+            known = (["--config", "--config.KEY"] if allow_config else []) + [f"--{k}" for k in flags]
+            raise ConfigError(f"unknown flag --{name}; known flags: {', '.join(known)}")
         i += 1
-    config = load_config(config_path)
+    return values, config_path, overrides
+
+
+def parse_command_line(argv: Sequence[str], default_config: str | pathlib.Path, extra_flags: dict[str, Any]) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """Parses `--config PATH`, `--config.key=value` and the flags named in `extra_flags`.
+
+    `extra_flags` maps a flag name to its default; its type decides the parsing. Returns the
+    overridden, validated config and the extra flag values.
+    """
+    flags, config_path, overrides = parse_flags(argv, extra_flags, allow_config=True)
+    config = load_config(config_path or default_config)
     for key, value in overrides:
         apply_override(config, key, value)
     validate(config)
@@ -246,4 +258,4 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _require(t.eval_batch_size % process_count == 0, f"train.eval_batch_size={t.eval_batch_size} is not divisible by {process_count} processes")
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches", "eval_batch_size"):
         _require(t[key] >= 1, f"train.{key}={t[key]} must be >= 1")
-    _require(c.sample.num_samples >= 0 and c.sample.steps >= 1, "sample.num_samples must be >= 0 and sample.steps >= 1")
+    _require(c.sample.num_samples >= 0, f"sample.num_samples={c.sample.num_samples} must be >= 0")

@@ -17,11 +17,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tqdm
 
 from mdm import data as mdm_data
-from mdm import process
 from mdm.checkpoint import Checkpointer
 from mdm.config import validate
 from mdm.errors import DataError, TrainingError
@@ -29,8 +27,8 @@ from mdm.metrics import MetricsWriter, summarize_eval
 from mdm.networks import Transformer, TransformerConfig
 from mdm.objectives import EVAL_SUM_KEYS, Objective, make_objective
 from mdm.optim import learning_rate_schedule, make_optimizer
-from mdm.samplers import ancestral_sample
-from mdm.schedules import make_schedule
+from mdm.generation import generate, make_canvas
+from mdm.samplers import SamplerSettings
 from mdm.state import TrainState, init_state, make_train_step
 
 log = logging.getLogger("mdm")
@@ -108,49 +106,11 @@ def load_eval_batches(config, tokenizer) -> list[dict]:
     return batches
 
 
-def denoiser_fn(objective: Objective, params):
-    """The sampler-facing denoiser (tokens, t) -> logits for fixed params."""
-    time_cond = objective.model.cfg.time_conditioning
-
-    def denoise(tokens, t):
-        return objective.model.apply({"params": params}, tokens, t if time_cond else None)
-
-    return denoise
-
-
-def draw_samples(exp: Experiment, params, num: int, steps: int, seed: int) -> list[str]:
-    """Unconditional samples: ancestral MDM sampling or AR decoding, decoded to text."""
-    length = exp.config.data.seq_len
-    mask = process.mask_id(exp.tokenizer.vocab_size)
-    key = jax.random.PRNGKey(seed)
-    if exp.config.objective == "ar":
-        tokens = _ar_sample(exp.objective, params, key, num, length)
-    else:
-        d = exp.config.diffusion
-        schedule = make_schedule(d.schedule, d.eps, d.power)
-        start = jnp.full((num, length), mask, jnp.int32)
-        sample_fn = jax.jit(
-            lambda p, k, x: ancestral_sample(denoiser_fn(exp.objective, p), k, x, mask, schedule, steps)[0]
-        )
-        tokens = sample_fn(params, key, start)
-    return [exp.tokenizer.decode(np.asarray(row)) for row in tokens]
-
-
-def _ar_sample(objective: Objective, params, key, num: int, length: int):
-    """Ancestral AR decoding by re-running the causal network (no KV cache; fine for short samples)."""
-    start = process.mask_id(objective.vocab_size)
-
-    @jax.jit
-    def sample(params, key):
-        def step(i, x):
-            inputs = jnp.concatenate([jnp.full((num, 1), start, jnp.int32), x[:, :-1]], axis=1)
-            logits = objective.model.apply({"params": params}, inputs)[:, i]
-            tok = jax.random.categorical(jax.random.fold_in(key, i), logits, axis=-1)
-            return x.at[:, i].set(tok)
-
-        return jax.lax.fori_loop(0, length, step, jnp.zeros((num, length), jnp.int32))
-
-    return sample(params, key)
+def draw_samples(exp: Experiment, params, num: int, seed: int) -> list[str]:
+    """Unconditional samples (FHS for an MDM, ancestral decoding for AR), decoded to text."""
+    canvas = make_canvas(exp.tokenizer, exp.config.data.seq_len)
+    out = generate(exp.objective, exp.config, params, SamplerSettings("fhs"), canvas, num, seed=seed, progress=False)
+    return [exp.tokenizer.decode(row) for row in out["tokens"]]
 
 
 def _train_iterator(config, tokenizer):
@@ -247,6 +207,6 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         bar.update(1)
     bar.close()
     if config.sample.num_samples > 0:
-        for i, text in enumerate(draw_samples(exp, state.ema_params, config.sample.num_samples, config.sample.steps, config.sample.seed)):
+        for i, text in enumerate(draw_samples(exp, state.ema_params, config.sample.num_samples, config.sample.seed)):
             print(f"--- sample {i} ---\n{text}")
     return final

@@ -1,5 +1,93 @@
-"""Samplers: pure, jit-compiled functions over a denoiser `f(tokens, t) -> logits`."""
+"""Samplers: pure, jit-compiled functions over a denoiser `f(tokens, t) -> logits`.
 
-from mdm.samplers.ancestral import ancestral_sample
+`make_sampler(settings)` turns plain settings (a `SamplerSettings`) into a function
+`(denoiser, keys_B, canvas_BxL) -> SampleOutput`, so scripts and the training loop pick a
+sampler by name.
+"""
 
-__all__ = ["ancestral_sample"]
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+from mdm.samplers.ancestral import GRIDS, ancestral_sample, time_grid
+from mdm.samplers.base import Denoiser, SampleOutput, TokenDraw, TokenSampling
+from mdm.samplers.categorical import filter_logits, sample_categorical
+from mdm.samplers.confidence import ORDERS, confidence_sample
+from mdm.samplers.first_hitting import first_hitting_sample
+from mdm.schedules import Schedule
+
+SAMPLERS = ("fhs", "ancestral", "confidence")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """Everything that decides a sample besides the model, the canvas and the seed.
+
+    steps: ancestral grid steps / confidence calls; for 'fhs', None = exact (one token per call),
+    or a call budget (k = ceil(n / steps_left) tokens per call). tokens_per_step: fixed k for fhs.
+    """
+
+    sampler: str = "fhs"
+    steps: int | None = None
+    tokens_per_step: int = 1
+    grid: str = "uniform"
+    cache: bool = True
+    order: str = "top_prob"
+    block_length: int | None = None
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    categorical: str = "exact"
+
+    def validate(self, seq_len: int) -> None:
+        """Raises ValueError naming the bad setting and its allowed values."""
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.sampler in ("ancestral", "confidence") and (self.steps is None or self.steps < 1):
+            raise ValueError(f"the {self.sampler} sampler needs steps >= 1 (e.g. --steps {seq_len})")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps={self.steps} must be >= 1")
+        if self.tokens_per_step < 1:
+            raise ValueError(f"tokens_per_step={self.tokens_per_step} must be >= 1")
+        if self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown confidence order {self.order!r}; choose one of {', '.join(ORDERS)}")
+        if self.block_length is not None and not 1 <= self.block_length <= seq_len:
+            raise ValueError(f"block_length={self.block_length} must lie in [1, {seq_len}]")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 and top_p={self.top_p} in (0, 1]")
+
+    @property
+    def token_draw(self) -> TokenSampling:
+        return TokenSampling(self.temperature, self.top_k, self.top_p, self.categorical)
+
+
+def make_sampler(settings: SamplerSettings, *, mask: int, schedule: Schedule, time_agnostic: bool = True) -> Callable:
+    """(denoiser, keys_B, canvas int[B, L]) -> SampleOutput for the chosen sampler."""
+    draw = settings.token_draw
+    if settings.sampler == "fhs":
+        return functools.partial(
+            first_hitting_sample, mask=mask, schedule=schedule, tokens_per_step=settings.tokens_per_step,
+            steps=settings.steps, draw=draw,
+        )
+    if settings.sampler == "ancestral":
+        return functools.partial(
+            ancestral_sample, mask=mask, schedule=schedule, steps=settings.steps, grid=settings.grid,
+            cache=settings.cache and time_agnostic, draw=draw,
+        )
+    return functools.partial(
+        confidence_sample, mask=mask, schedule=schedule, steps=settings.steps, order=settings.order,
+        block_length=settings.block_length, draw=draw,
+    )
+
+
+__all__ = [
+    "Denoiser", "SampleOutput", "SamplerSettings", "TokenDraw", "TokenSampling", "SAMPLERS",
+    "ancestral_sample", "confidence_sample", "filter_logits", "first_hitting_sample", "make_sampler",
+    "sample_categorical", "time_grid",
+]

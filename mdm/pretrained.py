@@ -1,0 +1,56 @@
+"""Loading a trained run for inference: config, tokenizer, objective and (EMA) params."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from mdm.checkpoint import Checkpointer
+from mdm.config import base_config, check_keys, validate
+from mdm.errors import CheckpointError, ConfigError
+from mdm.loop import Experiment, build
+from mdm.state import init_state
+
+
+@dataclasses.dataclass
+class Trained:
+    """A restored run: what `build` makes from its saved config, plus the chosen params."""
+
+    experiment: Experiment
+    params: Any
+    step: int
+    workdir: pathlib.Path
+
+    @property
+    def config(self):
+        return self.experiment.config
+
+
+def load_trained(workdir: str | pathlib.Path, step: int | None = None, use_ema: bool = True) -> Trained:
+    """Restores the checkpoint at `step` (default: the latest) of the run in `workdir`."""
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(f"no checkpoints under {workdir}; train first: python train.py --workdir {workdir}")
+    checkpointer = Checkpointer(workdir)
+    steps = checkpointer.manager.all_steps()
+    if not steps:
+        raise CheckpointError(f"no finished checkpoint under {workdir / 'checkpoints'}; train longer or check the path")
+    if step is None:
+        step = max(steps)
+    elif step not in steps:
+        raise CheckpointError(f"no checkpoint at step {step} in {workdir}; available: {sorted(steps)}")
+    saved = checkpointer.restore_config(step)
+    config = ml_collections.ConfigDict(saved)
+    try:
+        check_keys(config, base_config())
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {workdir}/checkpoints/{step} has an incompatible config: {e}") from e
+    validate(config)
+    exp = build(config)
+    abstract = jax.eval_shape(lambda: init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), config.data.seq_len))
+    state, _ = checkpointer.restore(step, abstract, config)
+    return Trained(exp, state.ema_params if use_ema else state.params, step, workdir)

@@ -1,0 +1,181 @@
+"""Samplers against exact oracles: laws by enumeration, hitting-time laws, caching, invariances."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from mdm.networks import Transformer, TransformerConfig
+from mdm.samplers import SamplerSettings, TokenSampling, ancestral_sample, confidence_sample, first_hitting_sample, make_sampler
+from mdm.samplers.first_hitting import hitting_time_update
+from mdm.schedules import make_schedule
+from oracles import JointOracleModel
+
+L, V = 4, 3
+MASK = V
+
+
+def _oracle(seed=0):
+    probs = np.random.default_rng(seed).dirichlet(np.full(V**L, 0.7))
+    return JointOracleModel(probs, L, V)
+
+
+def _denoiser(model):
+    return lambda x, t: model.apply(None, x)
+
+
+def _counts(samples: np.ndarray) -> np.ndarray:
+    index = (samples * (V ** np.arange(L - 1, -1, -1))).sum(-1)
+    return np.bincount(index, minlength=V**L)
+
+
+def _chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
+    expected = probs * counts.sum()
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "sampled an impossible sequence"
+    return stats.chisquare(counts[keep], expected[keep]).pvalue
+
+
+def _sample(fn, n, canvas_row, seed=0, **kw):
+    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+    canvas = jnp.broadcast_to(jnp.asarray(canvas_row, jnp.int32), (n, L))
+    out = jax.jit(lambda k, c: fn(keys=k, canvas=c, **kw))(keys, canvas)
+    return np.asarray(out.tokens), int(out.nfe)
+
+
+def _fhs(keys, canvas, model, **kw):
+    return first_hitting_sample(_denoiser(model), keys, canvas, mask=MASK, schedule=make_schedule("cosine"), **kw)
+
+
+def _ancestral(keys, canvas, model, **kw):
+    return ancestral_sample(_denoiser(model), keys, canvas, mask=MASK, schedule=make_schedule("linear"), **kw)
+
+
+def test_first_hitting_sampler_draws_the_exact_joint():
+    oracle = _oracle()
+    samples, nfe = _sample(_fhs, 40_000, [MASK] * L, model=oracle)
+    assert nfe == L
+    p = _chi2_pvalue(_counts(samples), oracle.probs)
+    assert p > 1e-3, p
+
+
+def test_first_hitting_infill_draws_the_exact_conditional():
+    oracle = _oracle(1)
+    samples, nfe = _sample(_fhs, 30_000, [MASK, 2, MASK, MASK], model=oracle)
+    assert nfe == L - 1 and np.all(samples[:, 1] == 2)
+    conditional = np.where(oracle.seqs[:, 1] == 2, oracle.probs, 0.0)
+    assert _chi2_pvalue(_counts(samples), conditional / conditional.sum()) > 1e-3
+
+
+def test_ancestral_sampler_on_a_fine_grid_draws_the_exact_joint():
+    oracle = _oracle(2)
+    samples, _ = _sample(_ancestral, 20_000, [MASK] * L, model=oracle, steps=1000)
+    assert _chi2_pvalue(_counts(samples), oracle.probs) > 1e-3
+
+
+def test_parallel_decoding_with_two_tokens_per_call_is_not_exact():
+    """The k > 1 approximation shows up on a strongly correlated law (the test can fail)."""
+    probs = np.zeros(V**L)
+    probs[0], probs[-1] = 0.5, 0.5  # 0000 or 2222: any independent pair draw can mix them
+    oracle = JointOracleModel(probs, L, V)
+    samples, nfe = _sample(_fhs, 4000, [MASK] * L, model=oracle, tokens_per_step=2)
+    assert nfe == 2
+    mixed = ~np.all(samples == samples[:, :1], axis=1)
+    assert mixed.mean() > 0.3
+
+
+def test_caching_changes_nfe_but_not_the_law():
+    oracle = _oracle(3)
+    cached, nfe_cached = _sample(_ancestral, 20_000, [MASK] * L, model=oracle, steps=50, cache=True, seed=1)
+    fresh, nfe_fresh = _sample(_ancestral, 20_000, [MASK] * L, model=oracle, steps=50, cache=False, seed=2)
+    assert nfe_fresh == 50
+    table = np.stack([_counts(cached), _counts(fresh)])
+    table = table[:, table.sum(0) > 0]
+    assert stats.chi2_contingency(table).pvalue > 1e-3
+    # One row at a time: E[NFE] = T (1 - (1 - 1/T)^L) for the linear schedule on a uniform grid.
+    steps, length = 50, 16
+    keys = jax.random.split(jax.random.PRNGKey(4), 3000)
+    den = lambda x, t: jnp.zeros(x.shape + (V,))  # noqa: E731  (uniform logits: cost-free)
+    nfe = jax.jit(jax.vmap(lambda k: ancestral_sample(
+        den, k[None], jnp.full((1, length), MASK, jnp.int32), mask=MASK, schedule=make_schedule("linear"), steps=steps
+    ).nfe))(keys)
+    expected = steps * (1 - (1 - 1 / steps) ** length)
+    nfe = np.asarray(nfe, np.float64)
+    assert abs(nfe.mean() - expected) < 3 * nfe.std() / np.sqrt(len(nfe)), (nfe.mean(), expected)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "polynomial"])
+def test_first_hitting_times_follow_the_stated_law(schedule):
+    sch = make_schedule(schedule)
+    n, t0, draws = 7, 0.8, 20_000
+    u = jax.random.uniform(jax.random.PRNGKey(0), (draws, 1), minval=1e-12)
+    log_mp = hitting_time_update(jnp.full((draws,), jnp.log(sch.mask_prob(t0))), u, jnp.full((draws,), n), jnp.ones((draws,), int))
+    tau = np.asarray(sch.time_of_mask_prob(jnp.exp(log_mp)), np.float64)
+    mp = lambda s: np.asarray(sch.mask_prob(jnp.asarray(s, jnp.float32)), np.float64)  # noqa: E731
+    cdf = lambda s: (mp(np.clip(s, 0, t0)) / mp(t0)) ** n  # noqa: E731
+    assert stats.kstest(tau, cdf).pvalue > 1e-3
+    if schedule == "cosine":  # the published quantiles (fhs_and_sampling.md §4.1)
+        np.testing.assert_allclose(np.quantile(tau, [0.1, 0.25, 0.5, 0.75, 0.9]),
+                                   [0.6647, 0.7148, 0.7559, 0.7813, 0.7931], atol=3e-3)
+
+
+def _toy_transformer(vocab=11):
+    model = Transformer(TransformerConfig(vocab_size=vocab, num_layers=2, d_model=32, num_heads=4, mlp_dim=64))
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.tree.map(lambda p: getattr(p, "value", p), params, is_leaf=lambda p: hasattr(p, "value"))
+    return lambda x, t: model.apply({"params": params}, x)
+
+
+@pytest.mark.parametrize("settings", [
+    SamplerSettings("fhs"), SamplerSettings("fhs", steps=4), SamplerSettings("ancestral", steps=10),
+    SamplerSettings("confidence", steps=6, block_length=4, order="margin"), SamplerSettings("confidence", steps=12, order="entropy"),
+])
+def test_a_row_samples_the_same_alone_or_batched_with_longer_prompts(settings):
+    vocab, length = 11, 12
+    den = _toy_transformer(vocab)
+    sampler = jax.jit(make_sampler(settings, mask=vocab, schedule=make_schedule("linear")), static_argnums=0)
+    canvas = np.full((3, length), vocab, np.int32)
+    canvas[0, :2] = [1, 2]  # short prompt
+    canvas[1, :7] = [3, 4, 5, 6, 7, 8, 9]  # long prompt
+    canvas[2, 5] = 4  # infill context
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    batched = np.asarray(sampler(den, keys, jnp.asarray(canvas)).tokens)
+    for b in range(3):
+        alone = np.asarray(sampler(den, keys[b : b + 1], jnp.asarray(canvas[b : b + 1])).tokens)
+        np.testing.assert_array_equal(alone[0], batched[b])
+    assert np.all(batched < vocab)
+    fixed = canvas != vocab
+    np.testing.assert_array_equal(batched[fixed], canvas[fixed])
+
+
+@pytest.mark.parametrize("sampler,steps", [("ancestral", 1), ("ancestral", 2), ("ancestral", 7), ("ancestral", 12),
+                                           ("ancestral", 1000), ("fhs", None), ("fhs", 1), ("fhs", 7),
+                                           ("confidence", 1), ("confidence", 12)])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_no_mask_survives_any_sampler(sampler, steps, batch):
+    vocab, length = 11, 12
+    fn = make_sampler(SamplerSettings(sampler, steps=steps), mask=vocab, schedule=make_schedule("linear", eps=1e-3))
+    out = jax.jit(fn, static_argnums=0)(_toy_transformer(vocab), jax.random.split(jax.random.PRNGKey(0), batch),
+                                         jnp.full((batch, length), vocab, jnp.int32))
+    assert not np.any(np.asarray(out.tokens) == vocab)
+    if sampler == "fhs" and steps is None:
+        assert int(out.nfe) == length
+
+
+def test_confidence_order_unmasks_the_most_confident_positions_first():
+    """The denoiser proposes token = number of positions already filled; confidence is highest
+    at positions 3 and 0, so with 2 calls for 4 positions those two are filled first."""
+    length, vocab = 4, 5
+    sharp = jnp.asarray([4.0, 1.0, 0.5, 6.0])
+
+    def den(x, t):
+        filled = (x != vocab).sum(-1)
+        target = jax.nn.one_hot(filled, vocab)[:, None, :]
+        return target * sharp[None, :, None]
+
+    for order in ("top_prob", "margin", "entropy"):
+        out = confidence_sample(den, jax.random.split(jax.random.PRNGKey(0), 1), jnp.full((1, length), vocab, jnp.int32),
+                                mask=vocab, schedule=make_schedule("linear"), steps=2, order=order,
+                                draw=TokenSampling(temperature=1e-3))
+        np.testing.assert_array_equal(np.asarray(out.tokens)[0], [0, 2, 2, 0], err_msg=order)
