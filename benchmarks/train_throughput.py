@@ -23,6 +23,7 @@ import jax.numpy as jnp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.table import print_table  # noqa: E402
 from mdm.config import load_config, validate  # noqa: E402
 from mdm.flops import matmul_params, train_flops_per_token  # noqa: E402
 from mdm.loop import build  # noqa: E402
@@ -97,16 +98,6 @@ def bench_config(name: str, steps: int, batch: int | None) -> dict:
         "device peak MiB": stats.get("peak_bytes_in_use", 0) / 2**20,
         "RSS MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-def print_table(rows: list[dict]) -> None:
-    keys = list(rows[0])
-    fmt = lambda v: f"{v:,.1f}" if isinstance(v, float) else str(v)  # noqa: E731
-    widths = [max(len(k), *(len(fmt(r[k])) for r in rows)) for k in keys]
-    print(" | ".join(k.ljust(w) for k, w in zip(keys, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(fmt(r[k]).ljust(w) for k, w in zip(keys, widths)))
 
 
 def main() -> None:

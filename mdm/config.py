@@ -120,6 +120,25 @@ def check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigD
             raise ConfigError(f"config lacks key {prefix + key!r}; build configs from mdm.config.base_config()")
 
 
+def config_from_saved(saved: dict) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """A full config from a checkpoint's saved dict: keys the current schema lacks are dropped
+    (returned, so the caller can warn) and keys it added take their defaults."""
+    config = base_config()
+    dropped: list[str] = []
+
+    def merge(node: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            if key not in node:
+                dropped.append(prefix + key)
+            elif isinstance(node[key], ml_collections.ConfigDict):
+                merge(node[key], value, prefix + key + ".")
+            else:
+                node[key] = type(node[key])(value) if isinstance(node[key], float) else value
+
+    merge(config, saved, "")
+    return config, dropped
+
+
 def _parse_value(key: str, text: str, current: Any) -> Any:
     """Converts the command-line string `text` to the type of the current value of `key`.
 

@@ -53,13 +53,12 @@ def markov_sample_fidelity(language: MarkovLanguage, tokens_NxL: np.ndarray) -> 
     tokens = np.asarray(tokens_NxL)
     valid = np.all(tokens < language.vocab, axis=1)
     x = tokens[valid]
-    if len(x) == 0:
-        return {"true_loglik_per_token": float("nan"), "invalid_fraction": 1.0}
-    logp = np.log(language.initial[x[:, 0]]) + np.log(language.transition[x[:, :-1], x[:, 1:]]).sum(-1)
     length = tokens.shape[1]
+    logp = np.log(language.initial[x[:, 0]]) + np.log(language.transition[x[:, :-1], x[:, 1:]]).sum(-1)
+    nan = float("nan")
     return {
-        "true_loglik_per_token": float(logp.mean() / length),
-        "true_loglik_per_token_stderr": float(logp.std(ddof=1) / np.sqrt(len(x)) / length) if len(x) > 1 else float("nan"),
+        "true_loglik_per_token": float(logp.mean() / length) if len(x) else nan,
+        "true_loglik_per_token_stderr": float(logp.std(ddof=1) / np.sqrt(len(x)) / length) if len(x) > 1 else nan,
         "data_loglik_per_token": -language.entropy(length) / length,
         "invalid_fraction": float(1 - valid.mean()),
     }

@@ -6,14 +6,17 @@ import dataclasses
 import pathlib
 from typing import Any
 
+import logging
+
 import jax
-import ml_collections
 
 from mdm.checkpoint import Checkpointer
-from mdm.config import base_config, check_keys, validate
+from mdm.config import config_from_saved, validate
 from mdm.errors import CheckpointError, ConfigError
 from mdm.loop import Experiment, build
 from mdm.state import init_state
+
+log = logging.getLogger("mdm")
 
 
 @dataclasses.dataclass
@@ -43,13 +46,13 @@ def load_trained(workdir: str | pathlib.Path, step: int | None = None, use_ema: 
         step = max(steps)
     elif step not in steps:
         raise CheckpointError(f"no checkpoint at step {step} in {workdir}; available: {sorted(steps)}")
-    saved = checkpointer.restore_config(step)
-    config = ml_collections.ConfigDict(saved)
+    config, dropped = config_from_saved(checkpointer.restore_config(step))
+    if dropped:
+        log.warning("ignoring config keys this version no longer has: %s", ", ".join(dropped))
     try:
-        check_keys(config, base_config())
+        validate(config)
     except ConfigError as e:
-        raise CheckpointError(f"checkpoint {workdir}/checkpoints/{step} has an incompatible config: {e}") from e
-    validate(config)
+        raise CheckpointError(f"checkpoint {workdir}/checkpoints/{step} has a config this version rejects: {e}") from e
     exp = build(config)
     abstract = jax.eval_shape(lambda: init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), config.data.seq_len))
     state, _ = checkpointer.restore(step, abstract, config)
