@@ -16,7 +16,7 @@ import json
 import pathlib
 import sys
 
-from mdm.errors import MdmError
+from mdm.cli import run_cli
 
 RUN_FLAGS = {
     "workdir": "runs/default",
@@ -32,62 +32,85 @@ RUN_FLAGS = {
 }
 
 
+def _run(argv: list[str]) -> None:
+    from mdm.config import parse_flags
+    from mdm.errors import CheckpointError
+    from mdm.generation import SAMPLER_FLAGS
+
+    flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS})
+
+    import jax
+
+    import mdm
+    from mdm import evaluation
+    from mdm.data import MarkovLanguage
+    from mdm.generation import generate, make_canvas, settings_from_flags
+    from mdm.loop import evaluate, load_eval_batches, make_eval_fn
+    from mdm.pretrained import load_trained
+
+    trained = load_trained(flags["workdir"], None if flags["step"] < 0 else flags["step"], flags["params"] == "ema")
+    config, exp = trained.config, trained.experiment
+    if flags["eval_batches"]:
+        config.train.eval_batches = flags["eval_batches"]
+    record: dict = {
+        "workdir": str(trained.workdir),
+        "checkpoint_step": trained.step,
+        "params": flags["params"],
+        "objective": config.objective,
+        "seed": flags["seed"],
+        "mdm_version": mdm.__version__,
+    }
+    batches = load_eval_batches(config, exp.tokenizer)
+    record.update(evaluate(make_eval_fn(exp.objective), trained.params, batches, jax.random.PRNGKey(flags["seed"]), "eval"))
+
+    settings = settings_from_flags(flags, config.data.seq_len)
+    out = generate(
+        exp.objective,
+        config,
+        trained.params,
+        settings,
+        make_canvas(exp.tokenizer, config.data.seq_len),
+        flags["num_samples"],
+        seed=flags["seed"],
+        batch_size=flags["batch_size"],
+        progress=flags["progress"],
+    )
+    tokens = out["tokens"]
+    record.update(
+        {
+            "settings": vars(settings),
+            "num_samples": len(tokens),
+            "nfe_total": out["nfe"],
+            "nfe_per_batch": out["nfe"] / -(-len(tokens) // flags["batch_size"]),
+            "sample_tokens_per_s": out["tokens_per_s"],
+            "rejected_samples": 0,
+        }
+    )
+    tok = exp.tokenizer
+    record.update(evaluation.sample_entropy(tokens, ignore=(tok.bos_id, tok.eos_id, tok.pad_id)))
+    if flags["evaluator"]:
+        judge = load_trained(flags["evaluator"])
+        if judge.config.objective != "ar":
+            raise CheckpointError(f"--evaluator {flags['evaluator']} is a {judge.config.objective} run; give an AR run")
+        if judge.experiment.tokenizer.vocab_size != tok.vocab_size or judge.config.data.tokenizer != config.data.tokenizer:
+            raise CheckpointError(
+                "--evaluator uses another tokenizer than the evaluated run; train it on the same data.tokenizer"
+            )
+        record["evaluator"] = flags["evaluator"]
+        record.update(evaluation.generative_perplexity(judge.experiment.objective, judge.params, tokens, flags["batch_size"]))
+    if config.data.source == "synthetic":
+        language = MarkovLanguage(config.data.synthetic_vocab, config.data.synthetic_seed)
+        record.update(evaluation.markov_sample_fidelity(language, tokens))
+    for key, value in record.items():
+        if not isinstance(value, dict):
+            print(f"{key:32s} {value:.5g}" if isinstance(value, float) else f"{key:32s} {value}")
+    output = pathlib.Path(flags["output"] or pathlib.Path(flags["workdir"]) / "eval.jsonl")
+    with open(output, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str]) -> int:
-    try:
-        from mdm.config import parse_flags
-        from mdm.errors import CheckpointError
-        from mdm.generation import SAMPLER_FLAGS
-
-        flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS})
-
-        import jax
-
-        import mdm
-        from mdm import evaluation
-        from mdm.data import MarkovLanguage
-        from mdm.generation import generate, make_canvas, settings_from_flags
-        from mdm.loop import evaluate, load_eval_batches, make_eval_fn
-        from mdm.pretrained import load_trained
-
-        trained = load_trained(flags["workdir"], None if flags["step"] < 0 else flags["step"], flags["params"] == "ema")
-        config, exp = trained.config, trained.experiment
-        if flags["eval_batches"]:
-            config.train.eval_batches = flags["eval_batches"]
-        record: dict = {"workdir": str(trained.workdir), "checkpoint_step": trained.step, "params": flags["params"],
-                        "objective": config.objective, "seed": flags["seed"], "mdm_version": mdm.__version__}
-        batches = load_eval_batches(config, exp.tokenizer)
-        record.update(evaluate(make_eval_fn(exp.objective), trained.params, batches, jax.random.PRNGKey(flags["seed"]), "eval"))
-
-        settings = settings_from_flags(flags, config.data.seq_len)
-        out = generate(exp.objective, config, trained.params, settings, make_canvas(exp.tokenizer, config.data.seq_len),
-                       flags["num_samples"], seed=flags["seed"], batch_size=flags["batch_size"], progress=flags["progress"])
-        tokens = out["tokens"]
-        record.update({"settings": vars(settings), "num_samples": len(tokens), "nfe_total": out["nfe"],
-                       "nfe_per_batch": out["nfe"] / -(-len(tokens) // flags["batch_size"]),
-                       "sample_tokens_per_s": out["tokens_per_s"], "rejected_samples": 0})
-        tok = exp.tokenizer
-        record.update(evaluation.sample_entropy(tokens, ignore=(tok.bos_id, tok.eos_id, tok.pad_id)))
-        if flags["evaluator"]:
-            judge = load_trained(flags["evaluator"])
-            if judge.config.objective != "ar":
-                raise CheckpointError(f"--evaluator {flags['evaluator']} is a {judge.config.objective} run; give an AR run")
-            if judge.experiment.tokenizer.vocab_size != tok.vocab_size or judge.config.data.tokenizer != config.data.tokenizer:
-                raise CheckpointError("--evaluator uses another tokenizer than the evaluated run; train it on the same data.tokenizer")
-            record["evaluator"] = flags["evaluator"]
-            record.update(evaluation.generative_perplexity(judge.experiment.objective, judge.params, tokens, flags["batch_size"]))
-        if config.data.source == "synthetic":
-            language = MarkovLanguage(config.data.synthetic_vocab, config.data.synthetic_seed)
-            record.update(evaluation.markov_sample_fidelity(language, tokens))
-        for key, value in record.items():
-            if not isinstance(value, dict):
-                print(f"{key:32s} {value:.5g}" if isinstance(value, float) else f"{key:32s} {value}")
-        output = pathlib.Path(flags["output"] or pathlib.Path(flags["workdir"]) / "eval.jsonl")
-        with open(output, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    except MdmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(_run, argv)
 
 
 if __name__ == "__main__":

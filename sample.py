@@ -18,7 +18,7 @@ import json
 import pathlib
 import sys
 
-from mdm.errors import MdmError
+from mdm.cli import run_cli
 
 RUN_FLAGS = {
     "workdir": "runs/default",
@@ -34,47 +34,61 @@ RUN_FLAGS = {
 }
 
 
+def _run(argv: list[str]) -> None:
+    from mdm.config import parse_flags
+    from mdm.errors import ConfigError
+    from mdm.generation import SAMPLER_FLAGS
+
+    flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS})
+    if flags["params"] not in ("ema", "raw"):
+        raise ConfigError(f"--params={flags['params']}: choose ema or raw")
+    if flags["num_samples"] < 1 or flags["batch_size"] < 1:
+        raise ConfigError("--num_samples and --batch_size must be >= 1")
+
+    import mdm
+    from mdm.generation import generate, make_canvas, settings_from_flags
+    from mdm.pretrained import load_trained
+
+    trained = load_trained(flags["workdir"], None if flags["step"] < 0 else flags["step"], flags["params"] == "ema")
+    seq_len = trained.config.data.seq_len
+    settings = settings_from_flags(flags, seq_len)
+    tokenizer = trained.experiment.tokenizer
+    canvas = make_canvas(tokenizer, seq_len, flags["prompt"], flags["infill"])
+    out = generate(
+        trained.experiment.objective,
+        trained.config,
+        trained.params,
+        settings,
+        canvas,
+        flags["num_samples"],
+        seed=flags["seed"],
+        batch_size=flags["batch_size"],
+        progress=flags["progress"],
+    )
+    output = pathlib.Path(flags["output"] or pathlib.Path(flags["workdir"]) / "samples.jsonl")
+    record_base = {
+        "workdir": str(trained.workdir),
+        "checkpoint_step": trained.step,
+        "params": flags["params"],
+        "objective": trained.config.objective,
+        "settings": vars(settings),
+        "seed": flags["seed"],
+        "prompt": flags["prompt"],
+        "infill": flags["infill"],
+        "nfe_total": out["nfe"],
+        "tokens_per_s": out["tokens_per_s"],
+        "mdm_version": mdm.__version__,
+    }
+    with open(output, "a") as f:
+        for i, row in enumerate(out["tokens"]):
+            text = tokenizer.decode(row)
+            print(f"--- sample {i} ---\n{text}")
+            f.write(json.dumps({**record_base, "index": i, "text": text, "tokens": row.tolist()}) + "\n")
+    print(f"{flags['num_samples']} samples, NFE {out['nfe']}, {out['tokens_per_s']:,.0f} tokens/s -> {output}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
-    try:
-        from mdm.config import parse_flags
-        from mdm.errors import ConfigError
-        from mdm.generation import SAMPLER_FLAGS
-
-        flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS})
-        if flags["params"] not in ("ema", "raw"):
-            raise ConfigError(f"--params={flags['params']}: choose ema or raw")
-        if flags["num_samples"] < 1 or flags["batch_size"] < 1:
-            raise ConfigError("--num_samples and --batch_size must be >= 1")
-
-        import mdm
-        from mdm.generation import generate, make_canvas, settings_from_flags
-        from mdm.pretrained import load_trained
-
-        trained = load_trained(flags["workdir"], None if flags["step"] < 0 else flags["step"], flags["params"] == "ema")
-        seq_len = trained.config.data.seq_len
-        settings = settings_from_flags(flags, seq_len)
-        tokenizer = trained.experiment.tokenizer
-        canvas = make_canvas(tokenizer, seq_len, flags["prompt"], flags["infill"])
-        out = generate(trained.experiment.objective, trained.config, trained.params, settings, canvas,
-                       flags["num_samples"], seed=flags["seed"], batch_size=flags["batch_size"], progress=flags["progress"])
-        output = pathlib.Path(flags["output"] or pathlib.Path(flags["workdir"]) / "samples.jsonl")
-        record_base = {
-            "workdir": str(trained.workdir), "checkpoint_step": trained.step, "params": flags["params"],
-            "objective": trained.config.objective, "settings": vars(settings), "seed": flags["seed"],
-            "prompt": flags["prompt"], "infill": flags["infill"], "nfe_total": out["nfe"],
-            "tokens_per_s": out["tokens_per_s"], "mdm_version": mdm.__version__,
-        }
-        with open(output, "a") as f:
-            for i, row in enumerate(out["tokens"]):
-                text = tokenizer.decode(row)
-                print(f"--- sample {i} ---\n{text}")
-                f.write(json.dumps({**record_base, "index": i, "text": text, "tokens": row.tolist()}) + "\n")
-        print(f"{flags['num_samples']} samples, NFE {out['nfe']}, {out['tokens_per_s']:,.0f} tokens/s -> {output}",
-              file=sys.stderr)
-    except MdmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(_run, argv)
 
 
 if __name__ == "__main__":

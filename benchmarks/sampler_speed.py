@@ -48,8 +48,12 @@ def main() -> None:
     tok = exp.tokenizer
     rows = []
     for name, settings in variants.items():
-        run = lambda n: generate(exp.objective, config, trained.params, settings, canvas, n,  # noqa: E731
-                                 seed=0, batch_size=args.batch_size, progress=False)
+
+        def run(n: int, settings=settings) -> dict:
+            return generate(
+                exp.objective, config, trained.params, settings, canvas, n, seed=0, batch_size=args.batch_size, progress=False
+            )
+
         run(args.batch_size)  # compile
         out = run(args.num_samples)
         row = {
@@ -68,6 +72,7 @@ def main() -> None:
     for r in rows:
         r["speed-up vs T=1000"] = base / r["seconds"]
     print_table(rows)
+
 
 if __name__ == "__main__":
     main()

@@ -58,9 +58,7 @@ def bench_config(name: str, steps: int, batch: int | None) -> dict:
     state = jax.jit(lambda: init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), seq_len))()
     step_fn = jax.jit(make_train_step(exp.objective, exp.optimizer, config.optim.ema_decay, 1), donate_argnums=0)
     vocab = exp.tokenizer.vocab_size
-    batches = [
-        {"tokens": jax.random.randint(jax.random.PRNGKey(i), (b, seq_len), 0, vocab - 3)} for i in range(2)
-    ]
+    batches = [{"tokens": jax.random.randint(jax.random.PRNGKey(i), (b, seq_len), 0, vocab - 3)} for i in range(2)]
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batches[0], jax.random.PRNGKey(0)).compile()
     compile_s = time.perf_counter() - t0

@@ -178,12 +178,16 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
             node = node[part]
     current = node[parts[-1]]
     if isinstance(current, ml_collections.ConfigDict):
-        raise ConfigError(f"--config.{key} is a section; set one of its keys, e.g. --config.{key}.{next(iter(current.keys()))}=...")
+        raise ConfigError(
+            f"--config.{key} is a section; set one of its keys, e.g. --config.{key}.{next(iter(current.keys()))}=..."
+        )
     with node.unlocked():
         node[parts[-1]] = _parse_value("config." + key, text, current)
 
 
-def parse_flags(argv: Sequence[str], flags: dict[str, Any], allow_config: bool = False) -> tuple[dict[str, Any], str | None, list[tuple[str, str]]]:
+def parse_flags(
+    argv: Sequence[str], flags: dict[str, Any], allow_config: bool = False
+) -> tuple[dict[str, Any], str | None, list[tuple[str, str]]]:
     """Parses `--name=value` / `--name value` flags typed by the defaults in `flags`.
 
     With `allow_config`, also `--config PATH` and `--config.key=value` (returned as the config
@@ -210,7 +214,7 @@ def parse_flags(argv: Sequence[str], flags: dict[str, Any], allow_config: bool =
         if allow_config and name == "config":
             config_path = value
         elif allow_config and name.startswith("config."):
-            overrides.append((name[len("config."):], value))
+            overrides.append((name[len("config.") :], value))
         elif name in flags:
             values[name] = _parse_value(name, value, flags[name])
         else:
@@ -220,7 +224,9 @@ def parse_flags(argv: Sequence[str], flags: dict[str, Any], allow_config: bool =
     return values, config_path, overrides
 
 
-def parse_command_line(argv: Sequence[str], default_config: str | pathlib.Path, extra_flags: dict[str, Any]) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+def parse_command_line(
+    argv: Sequence[str], default_config: str | pathlib.Path, extra_flags: dict[str, Any]
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
     """Parses `--config PATH`, `--config.key=value` and the flags named in `extra_flags`.
 
     `extra_flags` maps a flag name to its default; its type decides the parsing. Returns the
@@ -251,13 +257,19 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _require(m.attention_chunk >= 0, f"model.attention_chunk={m.attention_chunk} must be >= 0 (0: whole batch)")
     _require(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: choose 'float32' or 'bfloat16'")
     d = c.diffusion
-    _require(d.schedule in ("linear", "cosine", "polynomial"), f"diffusion.schedule={d.schedule!r}: choose linear, cosine or polynomial")
+    _require(
+        d.schedule in ("linear", "cosine", "polynomial"),
+        f"diffusion.schedule={d.schedule!r}: choose linear, cosine or polynomial",
+    )
     _require(0.0 <= d.eps < 1.0, f"diffusion.eps={d.eps} must lie in [0, 1)")
     _require(0.0 <= d.t_min < 1.0, f"diffusion.t_min={d.t_min} must lie in [0, 1)")
     _require(d.schedule != "polynomial" or d.power > 0, f"diffusion.power={d.power} must be > 0")
     _require(d.eval_t_samples >= 1, f"diffusion.eval_t_samples={d.eval_t_samples} must be >= 1")
     data = c.data
-    _require(data.source in ("embedded", "text", "tfds", "synthetic"), f"data.source={data.source!r}: choose embedded, text, tfds or synthetic")
+    _require(
+        data.source in ("embedded", "text", "tfds", "synthetic"),
+        f"data.source={data.source!r}: choose embedded, text, tfds or synthetic",
+    )
     _require(data.source != "text" or bool(data.path), "data.source='text' needs --config.data.path='corpus/*.txt'")
     _require(data.source != "tfds" or bool(data.tfds_name), "data.source='tfds' needs --config.data.tfds_name=NAME (e.g. lm1b)")
     _require(data.mode in ("pack", "pad"), f"data.mode={data.mode!r}: choose 'pack' or 'pad'")
@@ -265,16 +277,24 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _require(0 <= data.val_percent < 100, f"data.val_percent={data.val_percent} must lie in [0, 100)")
     o = c.optim
     _require(o.lr > 0, f"optim.lr={o.lr} must be > 0")
-    _require(0 <= o.warmup_steps <= c.train.num_steps, f"optim.warmup_steps={o.warmup_steps} must lie in [0, train.num_steps={c.train.num_steps}]")
+    _require(
+        0 <= o.warmup_steps <= c.train.num_steps,
+        f"optim.warmup_steps={o.warmup_steps} must lie in [0, train.num_steps={c.train.num_steps}]",
+    )
     _require(0.0 <= o.ema_decay < 1.0, f"optim.ema_decay={o.ema_decay} must lie in [0, 1)")
     _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
     t = c.train
     _require(t.num_steps >= 1, f"train.num_steps={t.num_steps} must be >= 1")
     _require(t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
-    _require(t.batch_size % (t.grad_accum * process_count) == 0,
-             f"train.batch_size={t.batch_size} is not divisible by grad_accum={t.grad_accum} x processes={process_count}; "
-             f"use a multiple of {t.grad_accum * process_count}")
-    _require(t.eval_batch_size % process_count == 0, f"train.eval_batch_size={t.eval_batch_size} is not divisible by {process_count} processes")
+    _require(
+        t.batch_size % (t.grad_accum * process_count) == 0,
+        f"train.batch_size={t.batch_size} is not divisible by grad_accum={t.grad_accum} x processes={process_count}; "
+        f"use a multiple of {t.grad_accum * process_count}",
+    )
+    _require(
+        t.eval_batch_size % process_count == 0,
+        f"train.eval_batch_size={t.eval_batch_size} is not divisible by {process_count} processes",
+    )
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches", "eval_batch_size"):
         _require(t[key] >= 1, f"train.{key}={t[key]} must be >= 1")
     _require(c.sample.num_samples >= 0, f"sample.num_samples={c.sample.num_samples} must be >= 0")

@@ -33,7 +33,9 @@ def sample_entropy(tokens_NxL: np.ndarray, ignore: tuple[int, ...] = ()) -> dict
     return {"sample_entropy_nats": nats, "sample_entropy_bits": nats / math.log(2)}
 
 
-def generative_perplexity(evaluator: AutoregressiveObjective, params, tokens_NxL: np.ndarray, batch_size: int = 16) -> dict[str, float]:
+def generative_perplexity(
+    evaluator: AutoregressiveObjective, params, tokens_NxL: np.ndarray, batch_size: int = 16
+) -> dict[str, float]:
     """exp(sum of the AR evaluator's NLL / number of scored tokens) over all samples (PAD excluded)."""
     nll_fn = jax.jit(lambda p, x: (evaluator.nll_per_example(p, x), evaluator.real_tokens(x).sum(-1)))
     nats, count = 0.0, 0.0

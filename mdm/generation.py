@@ -133,13 +133,17 @@ def generate(
         raise ConfigError(str(e)) from e
     mask = process.mask_id(objective.vocab_size)
     if config.objective == "ar":
-        if np.any(canvas[np.argmax(canvas == mask):] != mask) and np.any(canvas == mask):
+        if np.any(canvas[np.argmax(canvas == mask) :] != mask) and np.any(canvas == mask):
             raise ConfigError("an AR model can only continue a prompt; --infill needs an MDM checkpoint")
         fn = jax.jit(lambda p, k, c: _ar_sampler(objective, length)(p, k, c, settings.token_draw))
     else:
         d = config.diffusion
-        sampler = make_sampler(settings, mask=mask, schedule=make_schedule(d.schedule, d.eps, d.power),
-                               time_agnostic=not config.model.time_conditioning)
+        sampler = make_sampler(
+            settings,
+            mask=mask,
+            schedule=make_schedule(d.schedule, d.eps, d.power),
+            time_agnostic=not config.model.time_conditioning,
+        )
         fn = jax.jit(lambda p, k, c: sampler(denoiser_fn(objective, p), k, c))
     base = jax.random.PRNGKey(seed)
     rows, nfe, seconds = [], 0, 0.0

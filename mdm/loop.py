@@ -29,7 +29,7 @@ from mdm.objectives import EVAL_SUM_KEYS, Objective, make_objective
 from mdm.optim import learning_rate_schedule, make_optimizer
 from mdm.generation import generate, make_canvas
 from mdm.samplers import SamplerSettings
-from mdm.state import TrainState, init_state, make_train_step
+from mdm.state import init_state, make_train_step
 
 log = logging.getLogger("mdm")
 
@@ -89,9 +89,15 @@ def load_eval_batches(config, tokenizer) -> list[dict]:
     """The fixed validation batches every evaluation uses (the first `train.eval_batches`)."""
     t = config.train
     it = mdm_data.make_iterator(
-        config.data, "validation", tokenizer, t.eval_batch_size // jax.process_count(),
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-        shuffle=False, num_epochs=1,
+        config.data,
+        "validation",
+        tokenizer,
+        t.eval_batch_size // jax.process_count(),
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        shuffle=False,
+        num_epochs=1,
     )
     batches = []
     for batch in it:
@@ -115,8 +121,13 @@ def draw_samples(exp: Experiment, params, num: int, seed: int) -> list[str]:
 
 def _train_iterator(config, tokenizer):
     return mdm_data.make_iterator(
-        config.data, "train", tokenizer, config.train.batch_size // jax.process_count(),
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        config.data,
+        "train",
+        tokenizer,
+        config.train.batch_size // jax.process_count(),
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
 
 
@@ -159,9 +170,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         writer.write(0, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
     start_step = int(state.step)
 
-    train_step = jax.jit(
-        make_train_step(exp.objective, exp.optimizer, config.optim.ema_decay, t.grad_accum), donate_argnums=0
-    )
+    train_step = jax.jit(make_train_step(exp.objective, exp.optimizer, config.optim.ema_decay, t.grad_accum), donate_argnums=0)
     eval_fn = make_eval_fn(exp.objective)
     tokens_per_step = t.batch_size * config.data.seq_len
     lr_fn = learning_rate_schedule(config.optim, t.num_steps)

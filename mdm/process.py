@@ -30,9 +30,7 @@ def stratified_times(key: Array, batch: int, t_min: float = 0.0) -> Array:
 
 def example_uniforms(key: Array, batch: int, length: int) -> Array:
     """float32[batch, length] uniforms; row b comes from fold_in(key, b) alone."""
-    return jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(key, b), (length,)))(
-        jnp.arange(batch)
-    )
+    return jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(key, b), (length,)))(jnp.arange(batch))
 
 
 def forward_mask(tokens: Array, mask_prob: Array, uniforms: Array, mask: int, pad: int | None) -> Array:

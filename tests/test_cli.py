@@ -35,8 +35,27 @@ def runs(tmp_path_factory):
 
 def test_sample_py_writes_samples_with_their_settings(runs, capsys):
     out = runs / "bytes" / "s.jsonl"
-    rc = _script("sample")(["--workdir", str(runs / "bytes"), "--num_samples", "3", "--batch_size", "2", "--prompt", "def f",
-                            "--sampler", "ancestral", "--steps", "8", "--top_p", "0.9", "--output", str(out), "--progress=false"])
+    rc = _script("sample")(
+        [
+            "--workdir",
+            str(runs / "bytes"),
+            "--num_samples",
+            "3",
+            "--batch_size",
+            "2",
+            "--prompt",
+            "def f",
+            "--sampler",
+            "ancestral",
+            "--steps",
+            "8",
+            "--top_p",
+            "0.9",
+            "--output",
+            str(out),
+            "--progress=false",
+        ]
+    )
     assert rc == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 3 and all(r["text"].startswith("def f") for r in records)
@@ -46,31 +65,67 @@ def test_sample_py_writes_samples_with_their_settings(runs, capsys):
     assert np.all(tokens[:, 1:6] == np.frombuffer(b"def f", np.uint8))
     # Same seed, another batch size: the same samples.
     out2 = runs / "bytes" / "s2.jsonl"
-    _script("sample")(["--workdir", str(runs / "bytes"), "--num_samples", "3", "--batch_size", "3", "--prompt", "def f",
-                       "--sampler", "ancestral", "--steps", "8", "--top_p", "0.9", "--output", str(out2), "--progress=false"])
+    _script("sample")(
+        [
+            "--workdir",
+            str(runs / "bytes"),
+            "--num_samples",
+            "3",
+            "--batch_size",
+            "3",
+            "--prompt",
+            "def f",
+            "--sampler",
+            "ancestral",
+            "--steps",
+            "8",
+            "--top_p",
+            "0.9",
+            "--output",
+            str(out2),
+            "--progress=false",
+        ]
+    )
     assert [json.loads(x)["tokens"] for x in out2.read_text().splitlines()] == tokens.tolist()
     assert "--- sample 2 ---" in capsys.readouterr().out
 
 
 def test_infill_keeps_the_context_and_fills_the_spans(runs):
     out = runs / "bytes" / "infill.jsonl"
-    assert _script("sample")(["--workdir", str(runs / "bytes"), "--num_samples", "2", "--infill", "ab[MASK*3]cd[MASK]e",
-                              "--output", str(out), "--progress=false"]) == 0
+    assert (
+        _script("sample")(
+            [
+                "--workdir",
+                str(runs / "bytes"),
+                "--num_samples",
+                "2",
+                "--infill",
+                "ab[MASK*3]cd[MASK]e",
+                "--output",
+                str(out),
+                "--progress=false",
+            ]
+        )
+        == 0
+    )
     for line in out.read_text().splitlines():
         tokens = json.loads(line)["tokens"]
         assert bytes(tokens[1:3]) == b"ab" and bytes(tokens[6:8]) == b"cd" and tokens[9] == ord("e")
         assert all(t != 259 for t in tokens)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--workdir", "/nonexistent/run"], "no checkpoints under /nonexistent/run"),
-    (["--sampler", "gibbs"], "unknown sampler 'gibbs'"),
-    (["--prompt", "x" * 40], "prompt is 41 tokens with BOS but the model's seq_len is 32"),
-    (["--top_p", "1.5"], "top_p=1.5"),
-    (["--steps", "ten"], "expects int"),
-    (["--step", "3"], "no checkpoint at step 3"),
-    (["--temprature", "1"], "unknown flag --temprature"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--workdir", "/nonexistent/run"], "no checkpoints under /nonexistent/run"),
+        (["--sampler", "gibbs"], "unknown sampler 'gibbs'"),
+        (["--prompt", "x" * 40], "prompt is 41 tokens with BOS but the model's seq_len is 32"),
+        (["--top_p", "1.5"], "top_p=1.5"),
+        (["--steps", "ten"], "expects int"),
+        (["--step", "3"], "no checkpoint at step 3"),
+        (["--temprature", "1"], "unknown flag --temprature"),
+    ],
+)
 def test_sample_py_bad_input_is_one_line(runs, capsys, args, message):
     argv = ["--workdir", str(runs / "bytes")] + args + ["--progress=false"]
     assert _script("sample")(argv) == 2
@@ -80,12 +135,33 @@ def test_sample_py_bad_input_is_one_line(runs, capsys, args, message):
 
 def test_evaluate_py_reports_likelihood_and_sample_quality(runs):
     out = runs / "mdm" / "eval.jsonl"
-    rc = _script("evaluate")(["--workdir", str(runs / "mdm"), "--evaluator", str(runs / "ar"), "--num_samples", "8",
-                              "--output", str(out), "--progress=false"])
+    rc = _script("evaluate")(
+        [
+            "--workdir",
+            str(runs / "mdm"),
+            "--evaluator",
+            str(runs / "ar"),
+            "--num_samples",
+            "8",
+            "--output",
+            str(out),
+            "--progress=false",
+        ]
+    )
     assert rc == 0
     record = json.loads(out.read_text().splitlines()[-1])
-    for key in ("eval/nats_per_token", "eval/bits_per_token", "eval/perplexity", "nfe_total", "sample_tokens_per_s",
-                "sample_entropy_nats", "gen_ppl", "true_loglik_per_token", "data_loglik_per_token", "settings"):
+    for key in (
+        "eval/nats_per_token",
+        "eval/bits_per_token",
+        "eval/perplexity",
+        "nfe_total",
+        "sample_tokens_per_s",
+        "sample_entropy_nats",
+        "gen_ppl",
+        "true_loglik_per_token",
+        "data_loglik_per_token",
+        "settings",
+    ):
         assert key in record, key
     assert record["nfe_total"] == 16  # exact FHS: one call per token, one batch of 8 rows
     assert _script("evaluate")(["--workdir", str(runs / "mdm"), "--evaluator", str(runs / "mdm"), "--progress=false"]) == 2

@@ -20,9 +20,19 @@ def test_every_shipped_config_loads_and_validates(path):
 
 def test_overrides_are_parsed_with_the_type_of_the_default():
     config, flags = parse_command_line(
-        ["--workdir", "/tmp/x", "--config.model.d_model=64", "--config.optim.lr=3e-4", "--config.optim.warmup_steps", "7",
-         "--config.model.tie_embeddings=false", "--config.data.source=synthetic", "--config.optim.b2=1"],
-        DEFAULT, {"workdir": "runs/default"},
+        [
+            "--workdir",
+            "/tmp/x",
+            "--config.model.d_model=64",
+            "--config.optim.lr=3e-4",
+            "--config.optim.warmup_steps",
+            "7",
+            "--config.model.tie_embeddings=false",
+            "--config.data.source=synthetic",
+            "--config.optim.b2=1",
+        ],
+        DEFAULT,
+        {"workdir": "runs/default"},
     )
     assert flags["workdir"] == "/tmp/x"
     assert config.model.d_model == 64 and config.optim.lr == 3e-4 and config.optim.warmup_steps == 7
@@ -58,8 +68,9 @@ def test_bad_command_lines_are_one_clear_line(argv, message):
 
 def test_config_files_may_not_add_keys(tmp_path):
     path = tmp_path / "bad.py"
-    path.write_text("from mdm.config import base_config\n"
-                    "def get_config():\n    c = base_config()\n    c.model.depth = 3\n    return c\n")
+    path.write_text(
+        "from mdm.config import base_config\ndef get_config():\n    c = base_config()\n    c.model.depth = 3\n    return c\n"
+    )
     with pytest.raises(ConfigError, match="unknown config key 'model.depth'"):
         load_config(path)
 
@@ -71,7 +82,9 @@ def test_base_config_declares_every_key_it_validates():
 def test_train_py_reports_bad_input_in_one_line_without_a_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--workdir", str(tmp_path), "--config.model.d_modle=3"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -27,10 +27,20 @@ BOS, EOS, PAD = 256, 257, 258
 
 def _cfg(**overrides):
     base = {
-        "source": "embedded", "path": "", "text_key": "text", "tfds_name": "",
-        "tfds_data_dir": "", "tfds_train_split": "train", "tfds_eval_split": "test",
-        "tokenizer": "bytes", "seq_len": 16, "mode": "pack", "val_percent": 5,
-        "synthetic_vocab": 8, "synthetic_seed": 0, "synthetic_num_sequences": 4096,
+        "source": "embedded",
+        "path": "",
+        "text_key": "text",
+        "tfds_name": "",
+        "tfds_data_dir": "",
+        "tfds_train_split": "train",
+        "tfds_eval_split": "test",
+        "tokenizer": "bytes",
+        "seq_len": 16,
+        "mode": "pack",
+        "val_percent": 5,
+        "synthetic_vocab": 8,
+        "synthetic_seed": 0,
+        "synthetic_num_sequences": 4096,
     }
     base.update(overrides)
     return ml_collections.ConfigDict(base)
@@ -48,7 +58,7 @@ def _windows(token_docs, seq_len):
     stream = []
     for doc in token_docs:
         stream += [BOS, *doc, EOS]
-    return [stream[i * seq_len:(i + 1) * seq_len] for i in range(len(stream) // seq_len)]
+    return [stream[i * seq_len : (i + 1) * seq_len] for i in range(len(stream) // seq_len)]
 
 
 def _rows(iterator, num_batches=None):
@@ -87,8 +97,9 @@ def test_pack_with_hf_tokenizer(tmp_path):
     raw.decoder = decoders.ByteLevel()
     raw.train_from_iterator(
         ["the cat sat on the mat", "the dog ate the cat food"],
-        trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        trainers.BpeTrainer(
+            vocab_size=280, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
     )
     raw.save(str(tmp_path / "tok.json"))
     tok = HFTokenizer(tmp_path / "tok.json")
@@ -100,7 +111,7 @@ def test_pack_with_hf_tokenizer(tmp_path):
     stream = []
     for t in texts:
         stream += [tok.bos_id, *raw.encode(t, add_special_tokens=False).ids, tok.eos_id]
-    expected = [stream[i * 5:(i + 1) * 5] for i in range(len(stream) // 5)]
+    expected = [stream[i * 5 : (i + 1) * 5] for i in range(len(stream) // 5)]
     it = make_iterator(cfg, "train", tok, 1, seed=0, shuffle=False, num_epochs=1)
     assert _rows(it) == expected
 
@@ -203,8 +214,11 @@ def test_process_shards_are_disjoint_and_cover(tmp_path, shuffle):
     windows = _windows([list(t) for t in texts], cfg.seq_len)
     count = 3
     shards = [
-        _rows(make_iterator(cfg, "train", ByteTokenizer(), 1, seed=0, process_index=p,
-                            process_count=count, shuffle=shuffle, num_epochs=1))
+        _rows(
+            make_iterator(
+                cfg, "train", ByteTokenizer(), 1, seed=0, process_index=p, process_count=count, shuffle=shuffle, num_epochs=1
+            )
+        )
         for p in range(count)
     ]
     assert len({len(s) for s in shards}) == 1
@@ -218,8 +232,9 @@ def test_process_shards_of_batches(tmp_path):
     cfg = _write_corpus(tmp_path, texts)
     cfg.val_percent = 100
     windows = _windows([list(t) for t in texts], cfg.seq_len)
-    rows = [_rows(make_iterator(cfg, "validation", ByteTokenizer(), 4, seed=0,
-                                process_index=p, process_count=2)) for p in range(2)]
+    rows = [
+        _rows(make_iterator(cfg, "validation", ByteTokenizer(), 4, seed=0, process_index=p, process_count=2)) for p in range(2)
+    ]
     per_process = len(windows) // 2 // 4 * 4
     assert rows[0] == windows[0::2][:per_process]
     assert rows[1] == windows[1::2][:per_process]
@@ -245,8 +260,7 @@ def test_tfds_streamed_pack_is_exact(mock_lm1b):
     it = make_iterator(cfg, "train", ByteTokenizer(), 3, seed=0, shuffle=False, num_epochs=1)
     expected = _windows([_utf8(t) for t in mock_lm1b], 8)
     assert _rows(it) == expected[: len(expected) // 3 * 3]
-    shard = make_iterator(cfg, "train", ByteTokenizer(), 1, seed=0, process_index=1,
-                          process_count=4, shuffle=False, num_epochs=1)
+    shard = make_iterator(cfg, "train", ByteTokenizer(), 1, seed=0, process_index=1, process_count=4, shuffle=False, num_epochs=1)
     assert _rows(shard) == _windows([_utf8(t) for t in mock_lm1b[:28][1::4]], 8)
     shuffled = _rows(make_iterator(cfg, "train", ByteTokenizer(), 3, seed=0), 4)
     assert shuffled != expected[:12]
@@ -341,8 +355,7 @@ def test_corpus_statistics_documents():
     entropy = -(p * np.log2(p)).sum()
     assert stats["unigram_entropy_bits_per_byte"] == pytest.approx(entropy, rel=1e-12)
     assert stats["num_bytes"] == stats["num_tokens"] == len(data)
-    assert stats["token_unigram_bits_per_byte"] == pytest.approx(
-        stats["unigram_entropy_bits_per_byte"], rel=1e-12)
+    assert stats["token_unigram_bits_per_byte"] == pytest.approx(stats["unigram_entropy_bits_per_byte"], rel=1e-12)
 
 
 def test_corpus_statistics_synthetic():

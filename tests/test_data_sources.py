@@ -16,10 +16,20 @@ from mdm.errors import ConfigError, DataError
 
 def _cfg(**overrides):
     base = {
-        "source": "embedded", "path": "", "text_key": "text", "tfds_name": "",
-        "tfds_data_dir": "", "tfds_train_split": "train", "tfds_eval_split": "test",
-        "tokenizer": "bytes", "seq_len": 16, "mode": "pack", "val_percent": 5,
-        "synthetic_vocab": 8, "synthetic_seed": 0, "synthetic_num_sequences": 4096,
+        "source": "embedded",
+        "path": "",
+        "text_key": "text",
+        "tfds_name": "",
+        "tfds_data_dir": "",
+        "tfds_train_split": "train",
+        "tfds_eval_split": "test",
+        "tokenizer": "bytes",
+        "seq_len": 16,
+        "mode": "pack",
+        "val_percent": 5,
+        "synthetic_vocab": 8,
+        "synthetic_seed": 0,
+        "synthetic_num_sequences": 4096,
     }
     base.update(overrides)
     return ml_collections.ConfigDict(base)
@@ -30,10 +40,7 @@ def _cfg(**overrides):
 
 def test_embedded_is_the_top_level_stdlib_split_by_file_name_hash():
     stdlib = sysconfig.get_paths()["stdlib"]
-    names = sorted(
-        n for n in os.listdir(stdlib)
-        if n.endswith(".py") and os.path.isfile(os.path.join(stdlib, n))
-    )
+    names = sorted(n for n in os.listdir(stdlib) if n.endswith(".py") and os.path.isfile(os.path.join(stdlib, n)))
     val_names = [n for n in names if zlib.crc32(n.encode()) % 100 < 5]
     train_names = [n for n in names if n not in val_names]
 

@@ -155,9 +155,7 @@ def test_hf_sentencepiece_style_token_bytes(tmp_path):
     merges = [("t", "h"), ("th", "e")]
     raw = RawTokenizer(models.BPE(vocab, merges, byte_fallback=True, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
-    raw.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    )
+    raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     raw.add_special_tokens(["<s>", "</s>"])
     raw.save(str(tmp_path / "sp.json"))
     tok = HFTokenizer(tmp_path / "sp.json")
@@ -188,9 +186,7 @@ def test_hf_errors(tmp_path):
 
 
 def test_make_tokenizer_dispatch(gpt2_style_path):
-    cfg = ml_collections.ConfigDict(
-        {"source": "synthetic", "tokenizer": "bytes", "synthetic_vocab": 6}
-    )
+    cfg = ml_collections.ConfigDict({"source": "synthetic", "tokenizer": "bytes", "synthetic_vocab": 6})
     tok = make_tokenizer(cfg)
     assert isinstance(tok, SymbolTokenizer) and tok.vocab_size == 9
     cfg.source = "embedded"

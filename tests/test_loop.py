@@ -4,7 +4,6 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -79,8 +78,14 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 def _tiny_corpus(tmp_path: pathlib.Path) -> str:
     # Each document is 30 bytes; with BOS/EOS it fills exactly one 32-token window.
-    docs = ["the cat sat on the mat today..", "a dog ran in the park at noon.", "my bird sang a song at dawn...",
-            "our fish swam in a bowl all da", "two cows ate the green grass..", "one frog sat on a big lily pad"]
+    docs = [
+        "the cat sat on the mat today..",
+        "a dog ran in the park at noon.",
+        "my bird sang a song at dawn...",
+        "our fish swam in a bowl all da",
+        "two cows ate the green grass..",
+        "one frog sat on a big lily pad",
+    ]
     assert all(len(d) == 30 for d in docs)
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps({"text": docs[i % len(docs)]}) for i in range(600)))
@@ -90,10 +95,22 @@ def _tiny_corpus(tmp_path: pathlib.Path) -> str:
 @pytest.mark.parametrize("objective,threshold,steps", [("ar", 0.15, 150), ("mdm", 1.0, 300)])
 def test_tiny_models_overfit_a_tiny_corpus(tmp_path, objective, threshold, steps):
     config = tiny_config(
-        objective=objective, **{"data.source": "text", "data.path": _tiny_corpus(tmp_path), "data.val_percent": 50,
-                                "train.num_steps": steps, "train.eval_every": steps, "train.checkpoint_every": steps,
-                                "train.batch_size": 32, "optim.lr": 3e-3, "optim.warmup_steps": 10,
-                                "model.num_layers": 3, "model.d_model": 96, "model.num_heads": 4, "model.mlp_dim": 192}
+        objective=objective,
+        **{
+            "data.source": "text",
+            "data.path": _tiny_corpus(tmp_path),
+            "data.val_percent": 50,
+            "train.num_steps": steps,
+            "train.eval_every": steps,
+            "train.checkpoint_every": steps,
+            "train.batch_size": 32,
+            "optim.lr": 3e-3,
+            "optim.warmup_steps": 10,
+            "model.num_layers": 3,
+            "model.d_model": 96,
+            "model.num_heads": 4,
+            "model.mlp_dim": 192,
+        },
     )
     run(config, tmp_path / "run")
     train_losses = [r["train/loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
@@ -131,8 +148,9 @@ def test_checkpoint_that_disagrees_with_the_config_is_a_clear_error(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
-    config = tiny_config(**{"optim.lr": 1e30, "optim.grad_clip": 0.0, "optim.warmup_steps": 0,
-                            "train.num_steps": 20, "train.checkpoint_every": 1})
+    config = tiny_config(
+        **{"optim.lr": 1e30, "optim.grad_clip": 0.0, "optim.warmup_steps": 0, "train.num_steps": 20, "train.checkpoint_every": 1}
+    )
     with pytest.raises(TrainingError, match="non-finite loss .* at step"):
         run(config, tmp_path)
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())

@@ -83,8 +83,9 @@ def test_every_param_has_logical_axis_names():
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, L), jnp.int32), jnp.ones((1,)))
     specs = nn.get_partition_spec(variables)["params"]
     shapes = nn.unbox(variables)["params"]
-    for spec, x in zip(jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)),
-                       jax.tree.leaves(shapes)):
+    for spec, x in zip(
+        jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)), jax.tree.leaves(shapes)
+    ):
         assert len(spec) == x.ndim and all(isinstance(n, str) for n in spec), (spec, x.shape)
 
 

@@ -96,8 +96,18 @@ def test_padding_is_excluded_from_the_loss():
 
 
 def _tiny_model(causal=False, time=False, dtype="float32", vocab=11):
-    return Transformer(TransformerConfig(vocab_size=vocab, num_layers=2, d_model=32, num_heads=4, mlp_dim=64,
-                                         causal=causal, time_conditioning=time, dtype=dtype))
+    return Transformer(
+        TransformerConfig(
+            vocab_size=vocab,
+            num_layers=2,
+            d_model=32,
+            num_heads=4,
+            mlp_dim=64,
+            causal=causal,
+            time_conditioning=time,
+            dtype=dtype,
+        )
+    )
 
 
 def test_ar_loss_is_the_exact_chain_rule_nll():
@@ -111,10 +121,10 @@ def test_ar_loss_is_the_exact_chain_rule_nll():
     junk = np.random.default_rng(1).integers(0, 10, (6,))
     ref = 0.0
     for b in range(2):
-        for l in range(6):
-            inputs = np.concatenate([[11], np.asarray(tokens[b, :l]), junk[: 5 - l]])[None]
-            logits = apply(jnp.asarray(inputs, jnp.int32))[0, l]
-            ref -= float(jax.nn.log_softmax(logits)[tokens[b, l]])
+        for pos in range(6):
+            inputs = np.concatenate([[11], np.asarray(tokens[b, :pos]), junk[: 5 - pos]])[None]
+            logits = apply(jnp.asarray(inputs, jnp.int32))[0, pos]
+            ref -= float(jax.nn.log_softmax(logits)[tokens[b, pos]])
     got = float(obj.eval_sums(params, {"tokens": tokens}, None)["nats"])
     np.testing.assert_allclose(got, ref, rtol=1e-4)
 
@@ -130,7 +140,11 @@ def test_bf16_forward_and_backward_are_finite_on_extreme_rows(time):
 
     @jax.jit
     def value_and_grad(p, t):
-        return jax.value_and_grad(lambda q: obj.nelbo_per_example(q, tokens, jnp.full((3,), t), jnp.broadcast_to(jnp.linspace(0.0, 0.99, 16), (3, 16))).sum())(p)
+        return jax.value_and_grad(
+            lambda q: obj.nelbo_per_example(
+                q, tokens, jnp.full((3,), t), jnp.broadcast_to(jnp.linspace(0.0, 0.99, 16), (3, 16))
+            ).sum()
+        )(p)
 
     for t in (1e-5, 0.5, 1.0):  # nothing, part and everything masked
         value, grads = value_and_grad(params, t)

@@ -97,9 +97,15 @@ def test_caching_changes_nfe_but_not_the_law():
     steps, length = 50, 16
     keys = jax.random.split(jax.random.PRNGKey(4), 3000)
     den = lambda x, t: jnp.zeros(x.shape + (V,))  # noqa: E731  (uniform logits: cost-free)
-    nfe = jax.jit(jax.vmap(lambda k: ancestral_sample(
-        den, k[None], jnp.full((1, length), MASK, jnp.int32), mask=MASK, schedule=make_schedule("linear"), steps=steps
-    ).nfe))(keys)
+    nfe = jax.jit(
+        jax.vmap(
+            lambda k: (
+                ancestral_sample(
+                    den, k[None], jnp.full((1, length), MASK, jnp.int32), mask=MASK, schedule=make_schedule("linear"), steps=steps
+                ).nfe
+            )
+        )
+    )(keys)
     expected = steps * (1 - (1 - 1 / steps) ** length)
     nfe = np.asarray(nfe, np.float64)
     assert abs(nfe.mean() - expected) < 3 * nfe.std() / np.sqrt(len(nfe)), (nfe.mean(), expected)
@@ -110,14 +116,17 @@ def test_first_hitting_times_follow_the_stated_law(schedule):
     sch = make_schedule(schedule)
     n, t0, draws = 7, 0.8, 20_000
     u = jax.random.uniform(jax.random.PRNGKey(0), (draws, 1), minval=1e-12)
-    log_mp = hitting_time_update(jnp.full((draws,), jnp.log(sch.mask_prob(t0))), u, jnp.full((draws,), n), jnp.ones((draws,), int))
+    log_mp = hitting_time_update(
+        jnp.full((draws,), jnp.log(sch.mask_prob(t0))), u, jnp.full((draws,), n), jnp.ones((draws,), int)
+    )
     tau = np.asarray(sch.time_of_mask_prob(jnp.exp(log_mp)), np.float64)
     mp = lambda s: np.asarray(sch.mask_prob(jnp.asarray(s, jnp.float32)), np.float64)  # noqa: E731
     cdf = lambda s: (mp(np.clip(s, 0, t0)) / mp(t0)) ** n  # noqa: E731
     assert stats.kstest(tau, cdf).pvalue > 1e-3
     if schedule == "cosine":  # the published quantiles (fhs_and_sampling.md §4.1)
-        np.testing.assert_allclose(np.quantile(tau, [0.1, 0.25, 0.5, 0.75, 0.9]),
-                                   [0.6647, 0.7148, 0.7559, 0.7813, 0.7931], atol=3e-3)
+        np.testing.assert_allclose(
+            np.quantile(tau, [0.1, 0.25, 0.5, 0.75, 0.9]), [0.6647, 0.7148, 0.7559, 0.7813, 0.7931], atol=3e-3
+        )
 
 
 def _toy_transformer(vocab=11):
@@ -127,10 +136,16 @@ def _toy_transformer(vocab=11):
     return lambda x, t: model.apply({"params": params}, x)
 
 
-@pytest.mark.parametrize("settings", [
-    SamplerSettings("fhs"), SamplerSettings("fhs", steps=4), SamplerSettings("ancestral", steps=10),
-    SamplerSettings("confidence", steps=6, block_length=4, order="margin"), SamplerSettings("confidence", steps=12, order="entropy"),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplerSettings("fhs"),
+        SamplerSettings("fhs", steps=4),
+        SamplerSettings("ancestral", steps=10),
+        SamplerSettings("confidence", steps=6, block_length=4, order="margin"),
+        SamplerSettings("confidence", steps=12, order="entropy"),
+    ],
+)
 def test_a_row_samples_the_same_alone_or_batched_with_longer_prompts(settings):
     vocab, length = 11, 12
     den = _toy_transformer(vocab)
@@ -149,15 +164,28 @@ def test_a_row_samples_the_same_alone_or_batched_with_longer_prompts(settings):
     np.testing.assert_array_equal(batched[fixed], canvas[fixed])
 
 
-@pytest.mark.parametrize("sampler,steps", [("ancestral", 1), ("ancestral", 2), ("ancestral", 7), ("ancestral", 12),
-                                           ("ancestral", 1000), ("fhs", None), ("fhs", 1), ("fhs", 7),
-                                           ("confidence", 1), ("confidence", 12)])
+@pytest.mark.parametrize(
+    "sampler,steps",
+    [
+        ("ancestral", 1),
+        ("ancestral", 2),
+        ("ancestral", 7),
+        ("ancestral", 12),
+        ("ancestral", 1000),
+        ("fhs", None),
+        ("fhs", 1),
+        ("fhs", 7),
+        ("confidence", 1),
+        ("confidence", 12),
+    ],
+)
 @pytest.mark.parametrize("batch", [1, 5])
 def test_no_mask_survives_any_sampler(sampler, steps, batch):
     vocab, length = 11, 12
     fn = make_sampler(SamplerSettings(sampler, steps=steps), mask=vocab, schedule=make_schedule("linear", eps=1e-3))
-    out = jax.jit(fn, static_argnums=0)(_toy_transformer(vocab), jax.random.split(jax.random.PRNGKey(0), batch),
-                                         jnp.full((batch, length), vocab, jnp.int32))
+    out = jax.jit(fn, static_argnums=0)(
+        _toy_transformer(vocab), jax.random.split(jax.random.PRNGKey(0), batch), jnp.full((batch, length), vocab, jnp.int32)
+    )
     assert not np.any(np.asarray(out.tokens) == vocab)
     if sampler == "fhs" and steps is None:
         assert int(out.nfe) == length
@@ -175,7 +203,34 @@ def test_confidence_order_unmasks_the_most_confident_positions_first():
         return target * sharp[None, :, None]
 
     for order in ("top_prob", "margin", "entropy"):
-        out = confidence_sample(den, jax.random.split(jax.random.PRNGKey(0), 1), jnp.full((1, length), vocab, jnp.int32),
-                                mask=vocab, schedule=make_schedule("linear"), steps=2, order=order,
-                                draw=TokenSampling(temperature=1e-3))
+        out = confidence_sample(
+            den,
+            jax.random.split(jax.random.PRNGKey(0), 1),
+            jnp.full((1, length), vocab, jnp.int32),
+            mask=vocab,
+            schedule=make_schedule("linear"),
+            steps=2,
+            order=order,
+            draw=TokenSampling(temperature=1e-3),
+        )
         np.testing.assert_array_equal(np.asarray(out.tokens)[0], [0, 2, 2, 0], err_msg=order)
+
+
+def test_first_hitting_unmasks_positions_in_a_uniformly_random_order():
+    """Token = number of positions already filled, so the output spells the unmasking order."""
+    length, vocab = 4, 4
+
+    def den(x, t):
+        return 50.0 * jax.nn.one_hot((x != vocab).sum(-1), vocab)[:, None, :].repeat(length, 1)
+
+    n = 24_000
+    out = jax.jit(
+        lambda k: first_hitting_sample(
+            den, k, jnp.full((n, length), vocab, jnp.int32), mask=vocab, schedule=make_schedule("linear")
+        )
+    )(jax.random.split(jax.random.PRNGKey(5), n))
+    orders = np.asarray(out.tokens)
+    assert np.all(np.sort(orders, axis=1) == np.arange(length))  # a permutation per row
+    codes = (orders * (length ** np.arange(length))).sum(1)
+    _, counts = np.unique(codes, return_counts=True)
+    assert len(counts) == 24 and stats.chisquare(counts).pvalue > 1e-3

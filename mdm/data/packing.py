@@ -34,9 +34,7 @@ def concatenate_documents(docs: Sequence[np.ndarray], bos_id: int, eos_id: int) 
     return stream
 
 
-def pad_document(
-    tokens: np.ndarray, seq_len: int, bos_id: int, eos_id: int, pad_id: int
-) -> np.ndarray:
+def pad_document(tokens: np.ndarray, seq_len: int, bos_id: int, eos_id: int, pad_id: int) -> np.ndarray:
     """int32 [seq_len]: `[BOS] tokens [EOS]` truncated to seq_len, then PAD."""
     record = with_specials(tokens, bos_id, eos_id)[:seq_len]
     return np.pad(record, (0, seq_len - len(record)), constant_values=pad_id)
@@ -74,7 +72,6 @@ class PackIterDataset(grain.IterDataset):
 
 
 class _PackIterator(grain.DatasetIterator):
-
     def __init__(self, parent: grain.DatasetIterator, seq_len: int) -> None:
         super().__init__(parent)
         self._seq_len = seq_len

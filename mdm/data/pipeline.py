@@ -46,9 +46,7 @@ def _describe(data_cfg: Any, split: str) -> str:
     return f"the {split} split of data.source={data_cfg.source!r}"
 
 
-def _too_small(
-    data_cfg: Any, split: str, have: str, records: int, batch_size: int, process_count: int
-) -> DataError:
+def _too_small(data_cfg: Any, split: str, have: str, records: int, batch_size: int, process_count: int) -> DataError:
     return DataError(
         f"{_describe(data_cfg, split)} has {have}, i.e. {records // process_count} records"
         f" of seq_len {data_cfg.seq_len} per process ({process_count} processes), fewer"
@@ -69,16 +67,12 @@ def _synthetic_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> grain
 def _padded_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> grain.MapDataset:
     def pad(doc: sources.Document) -> np.ndarray:
         tokens = _checked(tokenizer.encode(doc), tokenizer)
-        return packing.pad_document(
-            tokens, data_cfg.seq_len, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
-        )
+        return packing.pad_document(tokens, data_cfg.seq_len, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
 
     return grain.MapDataset.source(sources.documents(data_cfg, split)).map(pad)
 
 
-def _packed_records(
-    data_cfg: Any, split: str, tokenizer: Tokenizer
-) -> tuple[grain.MapDataset, int]:
+def _packed_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> tuple[grain.MapDataset, int]:
     """Windows of the split's whole token stream, and the stream's length."""
     docs = list(sources.documents(data_cfg, split))
     tokens = [_checked(t, tokenizer) for t in tokenizer.encode_batch(docs)]
@@ -86,9 +80,7 @@ def _packed_records(
     return grain.MapDataset.source(packing.Windows(stream, data_cfg.seq_len)), len(stream)
 
 
-def _records(
-    data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, process_count: int
-) -> grain.MapDataset:
+def _records(data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, process_count: int) -> grain.MapDataset:
     """Random-access records int32 [seq_len]; at least one batch per process."""
     if data_cfg.source == "synthetic":
         records = _synthetic_records(data_cfg, split, tokenizer)
@@ -110,9 +102,7 @@ def _shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grai
     return ds[:usable][process_index::process_count]
 
 
-def _order(
-    ds: grain.MapDataset, seed: int, shuffle: bool, num_epochs: int | None
-) -> grain.MapDataset:
+def _order(ds: grain.MapDataset, seed: int, shuffle: bool, num_epochs: int | None) -> grain.MapDataset:
     if shuffle:
         ds = ds.shuffle(seed)  # `repeat` reseeds it: a new permutation each epoch
     return ds if num_epochs == 1 else ds.repeat(num_epochs)
@@ -123,8 +113,15 @@ def _as_batch(records: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _streamed_batches(
-    data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, seed: int,
-    process_index: int, process_count: int, shuffle: bool, num_epochs: int | None,
+    data_cfg: Any,
+    split: str,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    shuffle: bool,
+    num_epochs: int | None,
 ) -> grain.IterDataset:
     """Pack mode without materializing the split: shuffled documents, packed on the fly."""
     docs = grain.MapDataset.source(sources.documents(data_cfg, split))
@@ -151,7 +148,11 @@ def _streamed_batches(
 
 
 def _check_arguments(
-    data_cfg: Any, split: str, batch_size: int, process_index: int, process_count: int,
+    data_cfg: Any,
+    split: str,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
     num_epochs: int | None,
 ) -> None:
     sources.check_split(split)
@@ -166,9 +167,7 @@ def _check_arguments(
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}")
     if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"need 0 <= process_index < process_count, got {process_index}, {process_count}"
-        )
+        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, {process_count}")
 
 
 def make_iterator(
@@ -199,8 +198,15 @@ def make_iterator(
     num_epochs = (None if is_train else 1) if num_epochs is None else num_epochs
     if data_cfg.source == "tfds" and is_train and data_cfg.mode == "pack":
         return _streamed_batches(
-            data_cfg, split, tokenizer, batch_size, seed,
-            process_index, process_count, shuffle, num_epochs,
+            data_cfg,
+            split,
+            tokenizer,
+            batch_size,
+            seed,
+            process_index,
+            process_count,
+            shuffle,
+            num_epochs,
         ).__iter__()
     records = _records(data_cfg, split, tokenizer, batch_size, process_count)
     records = _order(_shard(records, process_index, process_count), seed, shuffle, num_epochs)
@@ -242,9 +248,7 @@ def corpus_statistics(data_cfg: Any, tokenizer: Tokenizer, split: str) -> dict[s
         token_counts += np.bincount(_checked(tokens, tokenizer), minlength=tokenizer.vocab_size)
     num_bytes, num_tokens = int(byte_counts.sum()), int(token_counts.sum())
     if num_bytes == 0:
-        raise DataError(
-            f"{_describe(data_cfg, split)} is empty: use a larger corpus or change data.val_percent"
-        )
+        raise DataError(f"{_describe(data_cfg, split)} is empty: use a larger corpus or change data.val_percent")
     return {
         "num_documents": len(docs),
         "num_bytes": num_bytes,

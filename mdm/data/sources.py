@@ -58,9 +58,7 @@ def embedded_documents(split: str, val_percent: int) -> list[bytes]:
     check_split(split)
     stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
     files = sorted(stdlib.glob("*.py"))
-    return [
-        f.read_bytes() for f in files if _keep(f.name.encode(), split, val_percent)
-    ]
+    return [f.read_bytes() for f in files if _keep(f.name.encode(), split, val_percent)]
 
 
 def _read_jsonl(path: str, text_key: str) -> list[Document]:
@@ -72,13 +70,10 @@ def _read_jsonl(path: str, text_key: str) -> list[Document]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{number} is not valid JSON ({e.msg}): fix or remove that line"
-                ) from e
+                raise DataError(f"{path}:{number} is not valid JSON ({e.msg}): fix or remove that line") from e
             if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
                 raise DataError(
-                    f"{path}:{number} has no text field {text_key!r}: set data.text_key"
-                    " to the field holding the text"
+                    f"{path}:{number} has no text field {text_key!r}: set data.text_key to the field holding the text"
                 )
             docs.append(record[text_key])
     return docs
@@ -94,8 +89,7 @@ def text_documents(pattern: str, text_key: str, split: str, val_percent: int) ->
     paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if not paths:
         raise DataError(
-            f"no files match data.path={pattern!r}: set data.path to a glob of"
-            " .txt/.jsonl files, e.g. 'corpus/*.txt'"
+            f"no files match data.path={pattern!r}: set data.path to a glob of .txt/.jsonl files, e.g. 'corpus/*.txt'"
         )
     docs: list[Document] = []
     for path in paths:
@@ -106,14 +100,9 @@ def text_documents(pattern: str, text_key: str, split: str, val_percent: int) ->
     docs = [d for d in docs if d]
     if not docs:
         raise DataError(
-            f"the {len(paths)} files matching data.path={pattern!r} hold no text:"
-            " point data.path at a non-empty corpus"
+            f"the {len(paths)} files matching data.path={pattern!r} hold no text: point data.path at a non-empty corpus"
         )
-    return [
-        d
-        for d in docs
-        if _keep(d.encode("utf-8") if isinstance(d, str) else d, split, val_percent)
-    ]
+    return [d for d in docs if _keep(d.encode("utf-8") if isinstance(d, str) else d, split, val_percent)]
 
 
 class _FieldView(Sequence):
@@ -132,9 +121,7 @@ class _FieldView(Sequence):
         return self._source[index][self._key]
 
 
-def tfds_documents(
-    name: str, split_name: str, text_key: str, data_dir: str | None
-) -> Sequence[Document]:
+def tfds_documents(name: str, split_name: str, text_key: str, data_dir: str | None) -> Sequence[Document]:
     """`tfds.data_source(name, split=split_name)` (array_record), field `text_key`.
 
     Nothing is downloaded or prepared: the dataset must already be built.
@@ -154,10 +141,7 @@ def tfds_documents(
             " or set data.tfds_data_dir / data.tfds_train_split / data.tfds_eval_split"
         ) from e
     if len(source) and text_key not in source[0]:
-        raise DataError(
-            f"tfds dataset {name!r} has no field {text_key!r} (fields:"
-            f" {sorted(source[0])}): set data.text_key"
-        )
+        raise DataError(f"tfds dataset {name!r} has no field {text_key!r} (fields: {sorted(source[0])}): set data.text_key")
     return _FieldView(source, text_key)
 
 
@@ -171,9 +155,7 @@ def documents(data_cfg: Any, split: str) -> Sequence[Document]:
         return text_documents(data_cfg.path, data_cfg.text_key, split, _val_percent(data_cfg))
     if source == "tfds":
         split_name = data_cfg.tfds_train_split if split == "train" else data_cfg.tfds_eval_split
-        return tfds_documents(
-            data_cfg.tfds_name, split_name, data_cfg.text_key, data_cfg.tfds_data_dir or None
-        )
+        return tfds_documents(data_cfg.tfds_name, split_name, data_cfg.text_key, data_cfg.tfds_data_dir or None)
     if source == "synthetic":
         raise ConfigError("data.source='synthetic' yields token sequences, not documents")
     raise ConfigError(f"data.source={source!r} is not one of {SOURCES}")

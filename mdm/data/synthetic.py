@@ -23,9 +23,7 @@ class MarkovLanguage:
 
     def __init__(self, vocab: int, seed: int, concentration: float = 0.5) -> None:
         if vocab < 1 or concentration <= 0:
-            raise ValueError(
-                f"need vocab >= 1 and concentration > 0, got {vocab=}, {concentration=}"
-            )
+            raise ValueError(f"need vocab >= 1 and concentration > 0, got {vocab=}, {concentration=}")
         self.vocab = vocab
         self.seed = seed
         self.concentration = concentration

@@ -90,24 +90,18 @@ class SymbolTokenizer(Tokenizer):
 
     def __init__(self, num_symbols: int) -> None:
         if not 1 <= num_symbols <= 26:
-            raise ConfigError(
-                f"data.synthetic_vocab={num_symbols} is out of range: use 1..26 symbols"
-            )
+            raise ConfigError(f"data.synthetic_vocab={num_symbols} is out of range: use 1..26 symbols")
         self.num_symbols = num_symbols
         self.vocab_size = num_symbols + 3
         self.bos_id, self.eos_id, self.pad_id = num_symbols, num_symbols + 1, num_symbols + 2
-        self.token_bytes = _frozen(
-            np.array([1] * num_symbols + [0] * 3, dtype=np.int32)
-        )
+        self.token_bytes = _frozen(np.array([1] * num_symbols + [0] * 3, dtype=np.int32))
 
     def encode(self, text: str | bytes) -> np.ndarray:
         ids = [ord(c) - ord("a") for c in _as_str(text)]
         for c, i in zip(_as_str(text), ids):
             if not 0 <= i < self.num_symbols:
                 last = chr(ord("a") + self.num_symbols - 1)
-                raise DataError(
-                    f"{c!r} is not a symbol of the synthetic language: use only 'a'..{last!r}"
-                )
+                raise DataError(f"{c!r} is not a symbol of the synthetic language: use only 'a'..{last!r}")
         return np.array(ids, dtype=np.int32)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
@@ -191,9 +185,7 @@ class HFTokenizer(Tokenizer):
             self._hf = hf.Tokenizer.from_file(path)
         except Exception as e:  # the Rust loader raises bare Exception
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(
-                f"{path!r} is not a HuggingFace tokenizers file ({reason}): {fix}"
-            ) from e
+            raise DataError(f"{path!r} is not a HuggingFace tokenizers file ({reason}): {fix}") from e
         vocab = self._hf.get_vocab(with_added_tokens=True)
         file_size = max(vocab.values()) + 1
         self.bos_id, self.eos_id, self.pad_id = _special_ids(vocab, file_size)
@@ -206,9 +198,7 @@ class HFTokenizer(Tokenizer):
         return np.asarray(ids, dtype=np.int32)
 
     def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
-        encodings = self._hf.encode_batch(
-            [_as_str(t) for t in texts], add_special_tokens=False
-        )
+        encodings = self._hf.encode_batch([_as_str(t) for t in texts], add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:

@@ -85,9 +85,7 @@ class Linear(nn.Module):
     def __call__(self, x: Array) -> Array:
         in_shape = x.shape[x.ndim - self.in_axes :]
         lead = x.shape[: x.ndim - self.in_axes]
-        kernel = self.param(
-            "kernel", _param(nn.initializers.normal(self.init_std), self.names), (*in_shape, *self.features)
-        )
+        kernel = self.param("kernel", _param(nn.initializers.normal(self.init_std), self.names), (*in_shape, *self.features))
         k_2d = kernel.reshape(math.prod(in_shape), math.prod(self.features)).astype(self.dtype)
         y = x.reshape(-1, math.prod(in_shape)).astype(self.dtype) @ k_2d
         return y.reshape(*lead, *self.features)
@@ -136,8 +134,9 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD: Array, attention_mask_BxL: Array | None) -> Array:
         cfg = self.cfg
-        qkv = Linear((3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "heads", "kv"), 1, cfg.compute_dtype,
-                     cfg.init_std, name="qkv")(x_BxLxD)
+        qkv = Linear(
+            (3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "heads", "kv"), 1, cfg.compute_dtype, cfg.init_std, name="qkv"
+        )(x_BxLxD)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = rope(q, cfg.rope_base), rope(k, cfg.rope_base)
         out_BxLxNxH = attend(q, k, v, attention_mask_BxL, cfg.causal, cfg.attention_chunk)
@@ -153,8 +152,7 @@ class SwiGLU(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD: Array) -> Array:
         cfg = self.cfg
-        gate_up = Linear((2, cfg.mlp_dim), ("embed", "gate", "mlp"), 1, cfg.compute_dtype, cfg.init_std,
-                         name="gate_up")(x_BxLxD)
+        gate_up = Linear((2, cfg.mlp_dim), ("embed", "gate", "mlp"), 1, cfg.compute_dtype, cfg.init_std, name="gate_up")(x_BxLxD)
         h_BxLxF = nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         return Linear((cfg.d_model,), ("mlp", "embed"), 1, cfg.compute_dtype, out_std, name="down")(h_BxLxF)
@@ -202,9 +200,7 @@ class Transformer(nn.Module):
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(
-        self, tokens_BxL: Array, t_B: Array | None = None, attention_mask_BxL: Array | None = None
-    ) -> Array:
+    def __call__(self, tokens_BxL: Array, t_B: Array | None = None, attention_mask_BxL: Array | None = None) -> Array:
         cfg = self.cfg
         dt = cfg.compute_dtype
         embed_VxD = self.param(

@@ -39,13 +39,9 @@ class MaskedDiffusionObjective(Objective):
 
     def nelbo_per_example(self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array) -> Array:
         """float32[B]: w(t_b) * sum of -log mu at the masked positions of x_t ~ q(.|x_0, t_b)."""
-        x_t = process.forward_mask(
-            tokens_BxL, self.schedule.mask_prob(t_B), uniforms_BxL, self.mask_id, self.pad_id
-        )
+        x_t = process.forward_mask(tokens_BxL, self.schedule.mask_prob(t_B), uniforms_BxL, self.mask_id, self.pad_id)
         t_in = t_B if self.model.cfg.time_conditioning else None
-        logits = self.model.apply(
-            {"params": params}, x_t, t_in, attention_mask_BxL=self.attention_mask(tokens_BxL)
-        )
+        logits = self.model.apply({"params": params}, x_t, t_in, attention_mask_BxL=self.attention_mask(tokens_BxL))
         nll_B = jnp.where(x_t == self.mask_id, token_nll(logits, tokens_BxL), 0.0).sum(-1)
         # A row with no mask adds 0 even where the weight is huge (t -> 0).
         return jnp.where(nll_B > 0, self.schedule.weight(t_B) * nll_B, 0.0)
@@ -66,9 +62,7 @@ class MaskedDiffusionObjective(Objective):
         tokens = batch["tokens"]
         batch_size, length = tokens.shape
         k_t, k_mask = jax.random.split(rng)
-        offsets_B = jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(k_t, b), ()))(
-            jnp.arange(batch_size)
-        )
+        offsets_B = jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(k_t, b), ()))(jnp.arange(batch_size))
         num_k = self.eval_t_samples
 
         def one_sample(total_B, k):

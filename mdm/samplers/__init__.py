@@ -72,22 +72,46 @@ def make_sampler(settings: SamplerSettings, *, mask: int, schedule: Schedule, ti
     draw = settings.token_draw
     if settings.sampler == "fhs":
         return functools.partial(
-            first_hitting_sample, mask=mask, schedule=schedule, tokens_per_step=settings.tokens_per_step,
-            steps=settings.steps, draw=draw,
+            first_hitting_sample,
+            mask=mask,
+            schedule=schedule,
+            tokens_per_step=settings.tokens_per_step,
+            steps=settings.steps,
+            draw=draw,
         )
     if settings.sampler == "ancestral":
         return functools.partial(
-            ancestral_sample, mask=mask, schedule=schedule, steps=settings.steps, grid=settings.grid,
-            cache=settings.cache and time_agnostic, draw=draw,
+            ancestral_sample,
+            mask=mask,
+            schedule=schedule,
+            steps=settings.steps,
+            grid=settings.grid,
+            cache=settings.cache and time_agnostic,
+            draw=draw,
         )
     return functools.partial(
-        confidence_sample, mask=mask, schedule=schedule, steps=settings.steps, order=settings.order,
-        block_length=settings.block_length, draw=draw,
+        confidence_sample,
+        mask=mask,
+        schedule=schedule,
+        steps=settings.steps,
+        order=settings.order,
+        block_length=settings.block_length,
+        draw=draw,
     )
 
 
 __all__ = [
-    "Denoiser", "SampleOutput", "SamplerSettings", "TokenDraw", "TokenSampling", "SAMPLERS",
-    "ancestral_sample", "confidence_sample", "filter_logits", "first_hitting_sample", "make_sampler",
-    "sample_categorical", "time_grid",
+    "Denoiser",
+    "SampleOutput",
+    "SamplerSettings",
+    "TokenDraw",
+    "TokenSampling",
+    "SAMPLERS",
+    "ancestral_sample",
+    "confidence_sample",
+    "filter_logits",
+    "first_hitting_sample",
+    "make_sampler",
+    "sample_categorical",
+    "time_grid",
 ]

@@ -42,9 +42,7 @@ class TokenSampling:
 
     def __call__(self, keys_B: Array, logits_BxLxV: Array, tokens_BxL: Array) -> Array:
         del tokens_BxL
-        logits = filter_logits(
-            logits_BxLxV.astype(jnp.float32), temperature=self.temperature, top_k=self.top_k, top_p=self.top_p
-        )
+        logits = filter_logits(logits_BxLxV.astype(jnp.float32), temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         return jax.vmap(lambda k, lg: sample_categorical(k, lg, method=self.method))(keys_B, logits)
 
 
