@@ -51,6 +51,8 @@ def bench_config(name: str, steps: int, batch: int | None) -> dict:
     if batch is not None:
         config.train.batch_size = batch
     config.train.grad_accum = 1
+    if jax.default_backend() == "cpu":
+        config.model.dtype = "float32"  # CPUs emulate bf16 matmuls; compare like with like
     validate(config)
     exp = build(config)
     seq_len = config.data.seq_len
@@ -83,6 +85,7 @@ def bench_config(name: str, steps: int, batch: int | None) -> dict:
     return {
         "config": name,
         "batch x len": f"{b} x {seq_len}",
+        "dtype": cfg.dtype,
         "params (N matmul)": f"{matmul_params(cfg) / 1e6:.2f}M",
         "MFLOP/token": flops_tok / 1e6,
         "step ms (min/med)": f"{best * 1e3:.0f}/{med * 1e3:.0f}",

@@ -4,9 +4,13 @@ Every sampler draws its tokens through `sample_categorical`. The default method,
 exponential race whose noise comes from 48 random bits per draw, so it has no float32 tail
 truncation. The float32 Gumbel-max of `jax.random.categorical(mode="low")` stays selectable as
 "gumbel_f32" to demonstrate that truncation: its uniforms sit on a 2^-23 grid, so its Exp(1)
-noise E = -log u never goes below ~2^-23. A token whose weight is below ~2^-23 of the rest's
-then (almost) never wins, which lowers the effective temperature
-(research/fhs_and_sampling.md §8, research/pitfalls.md §1).
+noise E = -log u never goes below ~2^-23. A token whose weight is r times the rest's is then drawn
+at x / (e^x - 1) of its rate, x = 2^-23 / r (7.5% at r = 2^-25), which lowers the effective
+temperature (research/fhs_and_sampling.md §8, research/pitfalls.md §1).
+
+With JAX's default threefry layout the same key gives "exact" and "gumbel_f32" the same leading
+bits (a JAX implementation detail, not relied on), so the two usually draw the same index and
+differ on the rare tail events the float32 path truncates: a paired demonstration of the bias.
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ def exponential_from_bits(hi: Array, lo: Array) -> Array:
 def exponential_noise(key: Array, shape: tuple[int, ...]) -> Array:
     """float32[*shape] i.i.d. Exp(1) noise from two 24-bit uniforms per draw (48 random bits).
 
-    Resolution: the underlying uniform has a 2^-48 grid, so the smallest value is 2^-49
-    (~1.8e-15) and P(E < x) = x to relative O(2^-24 + 2^-48/x) for every x >= 2^-48; the largest
-    value is 49 ln 2 ~ 33.96 and P(E > y) = e^-y holds for y up to ~33. Between the tails each
-    value carries float32 relative precision (a few ulp). The float32 Gumbel path
-    (`jax.random.gumbel(mode="low")`) bottoms out at E ~ 2^-23 instead.
+    Resolution: the uniform u lies on a 2^-48 grid (cell midpoints). Small tail: the smallest
+    value is 2^-49 ~ 1.8e-15 and P(E < x) = x (1 + O(2^-48 / x)) for x >= 2^-48, e.g. to 4e-6
+    at x = 2^-30. Large tail: the largest value is 49 ln 2 ~ 33.96 and P(E > y) = e^-y
+    (1 + O(2^-48 e^y)), to 1e-3 up to y ~ 26 and coarser up to ~33 (u ~ 2^-47). Each value
+    carries float32 relative precision (a few ulp). The float32 Gumbel path
+    (`jax.random.gumbel(mode="low")`) stops at E ~ 2^-23 and (bar one atom) E ~ 15.9 instead.
     """
     bits = jax.random.bits(key, (2, *shape), jnp.uint32) >> 8
     return exponential_from_bits(bits[0], bits[1])
@@ -59,18 +64,20 @@ def sample_categorical(key: Array, logits: Array, *, method: str = "exact", axis
     -inf has no law and gives index 0). `method` must be static under jit:
 
     - "exact": exponential race argmax(logits - log E), E i.i.d. `exponential_noise`. With
-      weights w_i = exp(logits_i), E_i / w_i ~ Exp(w_i) and the smallest of them is index i with
-      probability w_i / sum(w). The noise resolves E down to 2^-49, so tokens with weights down
-      to ~1e-14 of the rest win at their true rate (no 2^-23 floor). What is left is float32
-      rounding: rounding the scores is monotone, so it can only create ties (broken towards the
-      lower index), and each score's rounding perturbs a weight by a relative ~|score| 2^-24,
-      the same order as the float32 rounding of the logits themselves. The law drawn is thus
-      that of the logits as rounded to float32.
-    - "gumbel_f32": `jax.random.categorical(mode="low")`, the standard float32 Gumbel-max; its
-      noise floor at E ~ 2^-23 under-samples tokens with relative weight below ~1e-7 (biased;
-      kept to demonstrate the bias).
-    - "gumbel_high": `jax.random.categorical(mode="high")`, small-E floor ~2^-46, large E capped
-      at ~16.6 (about twice the cost of "low").
+      weights w_i = exp(logits_i), E_i / w_i ~ Exp(w_i), and the smallest of independent
+      exponentials is index i with probability w_i / sum(w). The only departures are float32
+      ones. (a) Noise grid: the 48-bit uniform scales the rate of a token whose weight is r times
+      the rest's by x / (2 sinh(x / 2)) ~ 1 - x^2 / 24, x = 2^-48 / r: < 1e-6 for r > 1e-12 (vs a
+      total loss below r ~ 1e-7 for "gumbel_f32"). (b) E and log E carry a few ulp of rounding,
+      a relative change of each weight of at most ~|log E| 2^-24 <~ 2e-6, the size of the float32
+      rounding of the logits themselves. (c) Rounding the final scores is monotone, so it only
+      creates ties (taken by the lower index), with probability of the same order. So the law is
+      that of the logits as rounded to float32, to ~1e-6 relative, with no tail truncation.
+    - "gumbel_f32": `jax.random.categorical(mode="low")`, the standard float32 Gumbel-max: its
+      uniforms lie on a 2^-23 grid, so E >= ~2^-23 and tokens with relative weight below ~1e-7
+      are under-drawn (biased; kept to demonstrate the bias).
+    - "gumbel_high": `jax.random.categorical(mode="high")`: small-E resolution 2^-46, large E
+      capped at 23 ln 2 ~ 15.9; about twice the cost of "low".
     """
     if method == "exact":
         noise = exponential_noise(key, jnp.shape(logits))
