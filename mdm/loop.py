@@ -15,9 +15,11 @@ import pathlib
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import tqdm
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mdm import data as mdm_data
 from mdm.checkpoint import Checkpointer
@@ -29,6 +31,7 @@ from mdm.objectives import EVAL_SUM_KEYS, Objective, make_objective
 from mdm.optim import learning_rate_schedule, make_optimizer
 from mdm.generation import generate, make_canvas
 from mdm.samplers import SamplerSettings
+from mdm.sharding import batch_sharding, check_batch, global_batch, make_mesh, state_shardings
 from mdm.state import init_state, make_train_step
 
 log = logging.getLogger("mdm")
@@ -70,6 +73,18 @@ def build(config) -> Experiment:
     return Experiment(config, tokenizer, objective, optimizer)
 
 
+def sharded_abstract_state(exp: Experiment, rng: jax.Array, seq_len: int, mesh) -> tuple[Any, Any]:
+    """(state shardings, abstract state carrying them) for `mesh`, without allocating anything."""
+    model = exp.objective.model
+    t = jnp.ones((1,), jnp.float32) if model.cfg.time_conditioning else None
+    variables = jax.eval_shape(lambda: model.init(rng, jnp.zeros((1, seq_len), jnp.int32), t))
+    logical = nn.get_partition_spec(variables)["params"]
+    abstract = jax.eval_shape(lambda: init_state(exp.objective, exp.optimizer, rng, seq_len))
+    shardings = state_shardings(abstract, logical, exp.optimizer, mesh)
+    with_sharding = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return shardings, with_sharding
+
+
 def make_eval_fn(objective: Objective):
     """jit-compiled (params, batch, rng) -> pooled sums."""
     return jax.jit(objective.eval_sums)
@@ -101,7 +116,7 @@ def load_eval_batches(config, tokenizer) -> list[dict]:
     )
     batches = []
     for batch in it:
-        batches.append({"tokens": jnp.asarray(batch["tokens"])})
+        batches.append({"tokens": batch["tokens"]})
         if len(batches) == t.eval_batches:
             break
     if not batches:
@@ -158,7 +173,10 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     eval_batches = load_eval_batches(config, exp.tokenizer)
     init_rng, step_rng, eval_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
 
-    abstract = jax.eval_shape(lambda: init_state(exp.objective, exp.optimizer, init_rng, config.data.seq_len))
+    mesh = make_mesh(config.mesh.shape)
+    check_batch(t.batch_size // t.grad_accum, mesh, "train.batch_size / train.grad_accum")
+    check_batch(t.eval_batch_size, mesh, "train.eval_batch_size")
+    shardings, abstract = sharded_abstract_state(exp, init_rng, config.data.seq_len, mesh)
     latest = checkpointer.latest_step()
     if latest is not None:
         state, data_state = checkpointer.restore(latest, abstract, config)
@@ -166,11 +184,19 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         writer.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, workdir)
     else:
-        state = jax.jit(lambda: init_state(exp.objective, exp.optimizer, init_rng, config.data.seq_len))()
+        init = jax.jit(lambda: init_state(exp.objective, exp.optimizer, init_rng, config.data.seq_len), out_shardings=shardings)
+        state = init()
         writer.write(0, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
     start_step = int(state.step)
 
-    train_step = jax.jit(make_train_step(exp.objective, exp.optimizer, config.optim.ema_decay, t.grad_accum), donate_argnums=0)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    train_step = jax.jit(
+        make_train_step(exp.objective, exp.optimizer, config.optim.ema_decay, t.grad_accum),
+        in_shardings=(shardings, batch_sharding(mesh), replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+    )
+    eval_batches = [global_batch(b, mesh) for b in eval_batches]
     eval_fn = make_eval_fn(exp.objective)
     tokens_per_step = t.batch_size * config.data.seq_len
     lr_fn = learning_rate_schedule(config.optim, t.num_steps)
@@ -180,7 +206,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     interval_start, interval_steps = time.perf_counter(), 0
     final: dict[str, float] = {}
     for step in range(start_step + 1, t.num_steps + 1):
-        batch = {"tokens": jnp.asarray(next(train_it)["tokens"])}
+        batch = global_batch({"tokens": next(train_it)["tokens"]}, mesh)
         state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
         interval_steps += 1
         if pending is not None:

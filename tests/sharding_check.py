@@ -1,0 +1,71 @@
+"""Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 (see test_sharding.py).
+
+Prints one JSON line with the measured deviations and shard facts.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mdm.loop import build, sharded_abstract_state
+from mdm.sharding import batch_sharding, make_mesh
+from mdm.state import init_state, make_train_step
+from test_loop import tiny_config
+
+MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4), (1, 8, 1)]
+
+
+def main() -> None:
+    config = tiny_config(**{"data.source": "synthetic", "model.num_heads": 4, "model.d_model": 64, "model.mlp_dim": 128})
+    exp = build(config)
+    tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(0), (16, 32), 0, 8), np.int32)
+    rng = jax.random.PRNGKey(1)
+    out = {}
+    ref = None
+    for shape in MESHES:
+        devices = jax.devices()[: int(np.prod(shape))]
+        mesh = make_mesh(shape, devices)
+        shardings, _ = sharded_abstract_state(exp, jax.random.PRNGKey(0), 32, mesh)
+        state = jax.jit(lambda: init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), 32), out_shardings=shardings)()
+        rep = NamedSharding(mesh, PartitionSpec())
+        step = jax.jit(
+            make_train_step(exp.objective, exp.optimizer, 0.99, 1),
+            in_shardings=(shardings, batch_sharding(mesh), rep),
+            out_shardings=(shardings, rep),
+        )
+        grad = jax.jit(
+            jax.grad(lambda p, b, k: exp.objective.loss(p, b, k)[0]),
+            in_shardings=(shardings.params, batch_sharding(mesh), rep),
+            out_shardings=shardings.params,
+        )
+        batch = {"tokens": jax.device_put(tokens, batch_sharding(mesh))}
+        g = jax.device_get(grad(state.params, batch, rng))
+        new_state, metrics = step(state, batch, rng)
+        loss = float(metrics["loss"])
+        emb = new_state.params["embedding"]
+        per_device = sum(s.data.nbytes for leaf in jax.tree.leaves(new_state.params) for s in leaf.addressable_shards[:1])
+        total = sum(leaf.nbytes for leaf in jax.tree.leaves(new_state.params))
+        mu = new_state.opt_state[1][0].mu["embedding"]
+        rec = {
+            "loss": loss,
+            "emb_shard": list(emb.addressable_shards[0].data.shape),
+            "mu_shard": list(mu.addressable_shards[0].data.shape),
+            "param_bytes_ratio": total / per_device,
+        }
+        if ref is None:
+            ref = (loss, g)
+        else:
+            rec["loss_rel_err"] = abs(loss - ref[0]) / abs(ref[0])
+            rec["grad_max_abs_err"] = max(
+                float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref[1]))
+            )
+        out[str(shape)] = rec
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
