@@ -300,6 +300,8 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     )
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches", "eval_batch_size"):
         _require(t[key] >= 1, f"train.{key}={t[key]} must be >= 1")
-    _require(isinstance(c.mesh.shape, tuple) and len(c.mesh.shape) == 3,
-             f"mesh.shape={c.mesh.shape!r} must be a (data, fsdp, tensor) tuple, e.g. --config.mesh.shape='(1,-1,1)'")
+    _require(
+        isinstance(c.mesh.shape, tuple) and len(c.mesh.shape) == 3,
+        f"mesh.shape={c.mesh.shape!r} must be a (data, fsdp, tensor) tuple, e.g. --config.mesh.shape='(1,-1,1)'",
+    )
     _require(c.sample.num_samples >= 0, f"sample.num_samples={c.sample.num_samples} must be >= 0")

@@ -166,7 +166,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     workdir.mkdir(parents=True, exist_ok=True)
     exp = build(config)
     t = config.train
-    writer = MetricsWriter(workdir / "metrics.jsonl")
+    writer = MetricsWriter(workdir / "metrics.jsonl", is_writer=jax.process_index() == 0)
     checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints)
 
     train_it = _train_iterator(config, exp.tokenizer)
@@ -201,7 +201,13 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     tokens_per_step = t.batch_size * config.data.seq_len
     lr_fn = learning_rate_schedule(config.optim, t.num_steps)
     last_ckpt = latest
-    bar = tqdm.tqdm(total=t.num_steps, initial=start_step, disable=not t.progress_bar, unit="step", dynamic_ncols=True)
+    bar = tqdm.tqdm(
+        total=t.num_steps,
+        initial=start_step,
+        disable=not t.progress_bar or jax.process_index() != 0,
+        unit="step",
+        dynamic_ncols=True,
+    )
     pending: tuple[int, dict] | None = None  # metrics of the previous step, read one step late
     interval_start, interval_steps = time.perf_counter(), 0
     final: dict[str, float] = {}

@@ -55,13 +55,17 @@ def _jsonable(value):
 
 
 class MetricsWriter:
-    """Appends records to `<workdir>/metrics.jsonl`, flushing each line."""
+    """Appends records to `<workdir>/metrics.jsonl`, flushing each line; only the process with
+    `is_writer` (process 0 of a multi-host run) touches the file."""
 
-    def __init__(self, path: str | pathlib.Path):
+    def __init__(self, path: str | pathlib.Path, is_writer: bool = True):
         self.path = pathlib.Path(path)
+        self.is_writer = is_writer
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.is_writer:
+            return
         record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -71,7 +75,7 @@ class MetricsWriter:
 
         The file is rewritten atomically (temporary file + rename).
         """
-        if not self.path.exists():
+        if not self.is_writer or not self.path.exists():
             return
         kept = [line for line in read_metrics(self.path) if line["step"] <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")

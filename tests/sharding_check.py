@@ -63,7 +63,45 @@ def main() -> None:
                 float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref[1]))
             )
         out[str(shape)] = rec
+    out["resume_rel_err"] = resume_across_meshes(sys.argv[1])
     print(json.dumps(out))
+
+
+def resume_config(shape):
+    """A short run checkpointed every 3 steps, on the mesh `shape`."""
+    c = tiny_config(
+        **{
+            "data.source": "synthetic",
+            "model.num_heads": 4,
+            "model.d_model": 64,
+            "model.mlp_dim": 128,
+            "train.num_steps": 6,
+            "train.checkpoint_every": 3,
+            "train.eval_every": 3,
+        }
+    )
+    c.mesh.shape = shape
+    return c
+
+
+def train_losses(workdir) -> dict[int, float]:
+    from mdm.metrics import read_metrics
+
+    return {r["step"]: r["train/loss"] for r in read_metrics(f"{workdir}/metrics.jsonl") if "train/loss" in r}
+
+
+def resume_across_meshes(root: str) -> float:
+    """Killed at step 4 on (8,1,1) (checkpoint at 3), resumed on (2,2,2): the largest relative
+    loss difference from a straight (2,2,2) run over the resumed steps. Also leaves a run killed
+    on (8,1,1) in ROOT/single for the one-device resume test."""
+    from mdm.loop import run
+
+    run(resume_config((8, 1, 1)), f"{root}/single", stop_at_step=4)
+    run(resume_config((8, 1, 1)), f"{root}/mesh", stop_at_step=4)
+    run(resume_config((2, 2, 2)), f"{root}/mesh")
+    run(resume_config((2, 2, 2)), f"{root}/straight")
+    a, b = train_losses(f"{root}/mesh"), train_losses(f"{root}/straight")
+    return max(abs(a[s] - b[s]) / abs(b[s]) for s in range(4, 7))
 
 
 if __name__ == "__main__":
