@@ -32,7 +32,10 @@ _SHAPE_KEYS = (
 
 
 def _get(d: dict, dotted: str):
+    """d['a']['b'] for 'a.b', or None where a level is missing (a config from an older version)."""
     for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
         d = d[part]
     return d
 
@@ -90,7 +93,7 @@ def check_compatible(saved: dict, config: ml_collections.ConfigDict, where: path
     current = config.to_dict()
     for key in _SHAPE_KEYS:
         old, new = _get(saved, key), _get(current, key)
-        if old != new:
+        if old is not None and old != new:
             raise CheckpointError(
                 f"checkpoint {where} was trained with {key}={old!r} but the config has {key}={new!r}; "
                 f"pass --config.{key}={old!r} or use a new --workdir"

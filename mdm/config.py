@@ -257,6 +257,10 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
         _require(m[key] >= 1, f"model.{key}={m[key]} must be >= 1")
     _require(m.d_model % m.num_heads == 0, f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}")
     _require((m.d_model // m.num_heads) % 2 == 0, f"head dim d_model/num_heads={m.d_model // m.num_heads} must be even for RoPE")
+    _require(
+        not (c.objective == "ar" and m.time_conditioning),
+        "model.time_conditioning=true needs objective='mdm' (an AR model has no t)",
+    )
     _require(m.attention_chunk >= 0, f"model.attention_chunk={m.attention_chunk} must be >= 0 (0: whole batch)")
     _require(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: choose 'float32' or 'bfloat16'")
     d = c.diffusion

@@ -103,9 +103,9 @@ def _ar_sampler(objective: Objective, length: int):
 
         def step(i, x):
             inputs = jnp.concatenate([jnp.full((batch, 1), start, jnp.int32), x[:, :-1]], axis=1)
-            logits = objective.model.apply({"params": params}, inputs)[:, i : i + 1]
+            logits = jax.lax.dynamic_slice_in_dim(objective.model.apply({"params": params}, inputs), i, 1, axis=1)
             keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys_B)
-            tok = draw(keys, logits, x[:, i : i + 1])[:, 0]
+            tok = draw(keys, logits, jax.lax.dynamic_slice_in_dim(x, i, 1, axis=1))[:, 0]
             return x.at[:, i].set(jnp.where(x[:, i] == start, tok, x[:, i]))
 
         return SampleOutput(jax.lax.fori_loop(0, length, step, canvas_BxL), jnp.int32(length))

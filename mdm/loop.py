@@ -186,6 +186,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     else:
         init = jax.jit(lambda: init_state(exp.objective, exp.optimizer, init_rng, config.data.seq_len), out_shardings=shardings)
         state = init()
+        writer.truncate_after(-1)  # records of a run killed before its first checkpoint
         writer.write(0, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
     start_step = int(state.step)
 

@@ -9,14 +9,16 @@ from jax import Array
 
 
 def learning_rate_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
-    """0 -> lr linearly over `warmup_steps`, then cosine down to lr * min_lr_ratio at `num_steps`."""
-    return optax.warmup_cosine_decay_schedule(
+    """lr of update number `count` (0-based): linear warm-up reaching lr after `warmup_steps`
+    updates, then cosine down to lr * min_lr_ratio at the last update (`num_steps - 1`)."""
+    base = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=optim_cfg.lr,
         warmup_steps=optim_cfg.warmup_steps,
         decay_steps=max(num_steps, optim_cfg.warmup_steps + 1),
         end_value=optim_cfg.lr * optim_cfg.min_lr_ratio,
     )
+    return lambda count: base(count + 1)  # the first update already gets a non-zero lr
 
 
 def _decay_mask(params):

@@ -51,8 +51,9 @@ def make_train_step(
 ) -> Callable[[TrainState, dict, Array], tuple[TrainState, dict]]:
     """(state, batch, rng) -> (state, metrics); the batch is split into `grad_accum` micro-batches.
 
-    Micro-batch i uses fold_in(rng, i); gradients are averaged, so the update equals the one of
-    the whole batch at once (up to float rounding and the per-micro-batch time stratification).
+    Micro-batch i uses fold_in(rng, i); gradients are weighted by each micro-batch's share of the
+    batch's real (non-padding) tokens, so the update equals the one of the whole batch at once
+    (up to float rounding and the per-micro-batch time stratification), padding or not.
     """
     grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
 
@@ -62,16 +63,19 @@ def make_train_step(
         else:
             micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
 
+            total = jnp.maximum(objective.real_tokens(batch["tokens"]).sum(), 1)
+
             def accumulate(carry, inputs):
                 i, mb = inputs
                 (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (g, m)), None
+                # Each micro-batch loss is per its own tokens; weight by its share of the batch's.
+                w = jnp.maximum(objective.real_tokens(mb["tokens"]).sum(), 1) / total
+                return jax.tree.map(lambda c, x: c + w * x, carry, (g, m)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             _, zero_metrics = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)[0]
             init = (zeros, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics))
             (grads, metrics), _ = jax.lax.scan(accumulate, init, (jnp.arange(grad_accum), micro))
-            grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = TrainState(

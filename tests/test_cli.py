@@ -181,3 +181,28 @@ def test_sample_metrics_against_hand_computed_values(runs):
     lang = MarkovLanguage(6, seed=0)
     fid = markov_sample_fidelity(lang, lang.sample(5000, 20, seed=1))
     assert abs(fid["true_loglik_per_token"] - fid["data_loglik_per_token"]) < 4 * fid["true_loglik_per_token_stderr"]
+
+
+def test_sample_py_decodes_an_ar_run_and_keeps_its_prompt(runs):
+    out = runs / "ar" / "s.jsonl"
+    assert (
+        _script("sample")(
+            ["--workdir", str(runs / "ar"), "--num_samples", "2", "--prompt", "ab", "--output", str(out), "--progress=false"]
+        )
+        == 0
+    )
+    for line in out.read_text().splitlines():
+        tokens = json.loads(line)["tokens"]
+        assert tokens[1:3] == [0, 1] and max(tokens) < 11  # 'a', 'b' of the symbol tokenizer; no mask left
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sampler", "confidence", "--block_length", "3"], "multiple of the 6 blocks"),
+        (["--categorical", "f16"], "unknown categorical method 'f16'"),
+    ],
+)
+def test_sampler_settings_that_cannot_work_are_one_line(runs, capsys, args, message):
+    assert _script("sample")(["--workdir", str(runs / "mdm")] + args + ["--progress=false"]) == 2
+    assert message in capsys.readouterr().err

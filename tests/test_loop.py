@@ -4,6 +4,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -74,6 +75,23 @@ def test_gradient_accumulation_matches_one_big_batch():
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_gradient_accumulation_weights_micro_batches_by_their_real_tokens():
+    config = tiny_config(objective="ar")
+    exp = build(config)
+    pad = exp.tokenizer.pad_id
+    tokens = np.array(jax.random.randint(jax.random.PRNGKey(0), (4, 32), 0, 256))
+    tokens[2:, 3:] = pad  # the second micro-batch is mostly padding
+    grads = []
+    for accum in (1, 2):
+        state = init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), 32)
+        _, metrics = jax.jit(make_train_step(exp.objective, exp.optimizer, 0.9, accum))(
+            state, {"tokens": jnp.asarray(tokens)}, jax.random.PRNGKey(1)
+        )
+        grads.append(metrics)
+    np.testing.assert_allclose(grads[0]["loss"], grads[1]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(grads[0]["grad_norm"], grads[1]["grad_norm"], rtol=1e-4)
 
 
 def _tiny_corpus(tmp_path: pathlib.Path) -> str:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from mdm.samplers.ancestral import GRIDS, ancestral_sample, time_grid
 from mdm.samplers.base import Denoiser, SampleOutput, TokenDraw, TokenSampling
-from mdm.samplers.categorical import filter_logits, sample_categorical
+from mdm.samplers.categorical import METHODS, filter_logits, sample_categorical
 from mdm.samplers.confidence import ORDERS, confidence_sample
 from mdm.samplers.first_hitting import first_hitting_sample
 from mdm.schedules import Schedule
@@ -57,6 +57,12 @@ class SamplerSettings:
             raise ValueError(f"unknown confidence order {self.order!r}; choose one of {', '.join(ORDERS)}")
         if self.block_length is not None and not 1 <= self.block_length <= seq_len:
             raise ValueError(f"block_length={self.block_length} must lie in [1, {seq_len}]")
+        if self.sampler == "confidence" and self.steps is not None:
+            blocks = -(-seq_len // (self.block_length or seq_len))
+            if self.steps % blocks:
+                raise ValueError(f"steps={self.steps} must be a multiple of the {blocks} blocks of length {self.block_length}")
+        if self.categorical not in METHODS:
+            raise ValueError(f"unknown categorical method {self.categorical!r}; choose one of {', '.join(METHODS)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
