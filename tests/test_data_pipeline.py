@@ -5,7 +5,6 @@ import math
 import time
 from collections import Counter
 
-import ml_collections
 import numpy as np
 import pytest
 from tokenizers import Tokenizer as RawTokenizer
@@ -20,30 +19,14 @@ from mdm.data import (
     documents,
     make_iterator,
 )
+from data_config import data_cfg
 from mdm.errors import ConfigError, DataError
 
 BOS, EOS, PAD = 256, 257, 258
 
 
 def _cfg(**overrides):
-    base = {
-        "source": "embedded",
-        "path": "",
-        "text_key": "text",
-        "tfds_name": "",
-        "tfds_data_dir": "",
-        "tfds_train_split": "train",
-        "tfds_eval_split": "test",
-        "tokenizer": "bytes",
-        "seq_len": 16,
-        "mode": "pack",
-        "val_percent": 5,
-        "synthetic_vocab": 8,
-        "synthetic_seed": 0,
-        "synthetic_num_sequences": 4096,
-    }
-    base.update(overrides)
-    return ml_collections.ConfigDict(base)
+    return data_cfg(**overrides)
 
 
 def _write_corpus(root, texts):

@@ -6,33 +6,16 @@ import sysconfig
 import zlib
 from collections import Counter
 
-import ml_collections
 import numpy as np
 import pytest
 
 from mdm.data import MarkovLanguage, documents, synthetic_sequences
+from data_config import data_cfg
 from mdm.errors import ConfigError, DataError
 
 
 def _cfg(**overrides):
-    base = {
-        "source": "embedded",
-        "path": "",
-        "text_key": "text",
-        "tfds_name": "",
-        "tfds_data_dir": "",
-        "tfds_train_split": "train",
-        "tfds_eval_split": "test",
-        "tokenizer": "bytes",
-        "seq_len": 16,
-        "mode": "pack",
-        "val_percent": 5,
-        "synthetic_vocab": 8,
-        "synthetic_seed": 0,
-        "synthetic_num_sequences": 4096,
-    }
-    base.update(overrides)
-    return ml_collections.ConfigDict(base)
+    return data_cfg(**overrides)
 
 
 # --- embedded ------------------------------------------------------------------
