@@ -17,11 +17,16 @@ ROOT = pathlib.Path(__file__).resolve().parent
 
 
 def _run(argv: list[str]) -> None:
+    import jax
+
     from mdm.config import parse_command_line
+    from mdm.distributed import initialize_from_env
     from mdm.loop import run
 
+    initialize_from_env()
     config, flags = parse_command_line(argv, ROOT / "configs" / "default.py", {"workdir": "runs/default"})
-    print(f"training {config.objective} in {flags['workdir']}")
+    if jax.process_index() == 0:
+        print(f"training {config.objective} in {flags['workdir']}")
     run(config, flags["workdir"])
 
 

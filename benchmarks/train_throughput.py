@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.table import print_table  # noqa: E402
 from mdm.config import load_config, validate  # noqa: E402
 from mdm.flops import matmul_params, train_flops_per_token  # noqa: E402
-from mdm.loop import build  # noqa: E402
+from mdm.experiment import build  # noqa: E402
 from mdm.state import init_state, make_train_step  # noqa: E402
 
 CPU_BATCH = {"gpt2_small": 4, "medium_350m": 2}  # keeps the big configs to seconds per step on CPU

@@ -1,18 +1,22 @@
 """Checkpoints with orbax: train state, data-iterator state and config, committed atomically.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data_<process>,config}`. orbax writes each step
+Layout: `<workdir>/checkpoints/<step>/{state,data,config}`; `data` holds every process's
+data-iterator position (gathered to process 0, which writes JSON items). orbax writes each step
 into a temporary directory and renames it when complete, so a killed run leaves either a whole
 checkpoint or none; the last `keep` are kept.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from mdm.errors import CheckpointError
 
@@ -45,7 +49,6 @@ class Checkpointer:
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 2, save_every: int | None = None):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-        self._data_item = f"data_{jax.process_index()}"
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
@@ -60,7 +63,7 @@ class Checkpointer:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 config=ocp.args.JsonSave(config.to_dict()),
-                **{self._data_item: ocp.args.JsonSave(data_state)},
+                data=ocp.args.JsonSave({"processes": gather_json(data_state)}),
             ),
             force=True,
         )
@@ -77,15 +80,33 @@ class Checkpointer:
                 step,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
-                    **{self._data_item: ocp.args.JsonRestore()},
+                    data=ocp.args.JsonRestore(),
                 ),
             )
+            states = restored["data"]["processes"]
         except (ValueError, KeyError, FileNotFoundError) as e:
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} does not fit the config "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use a new --workdir"
             ) from e
-        return restored["state"], restored[self._data_item]
+        if len(states) != jax.process_count():
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} was written by {len(states)} processes but this run has "
+                f"{jax.process_count()}; resume with {len(states)} processes (the mesh may differ) or use a new --workdir"
+            )
+        return restored["state"], states[jax.process_index()]
+
+
+def gather_json(value: dict) -> list[dict]:
+    """Every process's JSON-able `value`, in process order (a collective: all processes call it)."""
+    if jax.process_count() == 1:
+        return [value]
+    raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    longest = int(multihost_utils.process_allgather(np.int32(raw.size)).max())
+    padded = np.zeros(longest, np.uint8)
+    padded[: raw.size] = raw
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row).rstrip(b"\0").decode()) for row in gathered]
 
 
 def check_compatible(saved: dict, config: ml_collections.ConfigDict, where: pathlib.Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from mdm.errors import ConfigError
+from mdm.networks.transformer import REMAT_POLICIES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.time_conditioning = False  # adaLN-zero on t; MDMs are time-agnostic by default
     c.model.rope_base = 10_000.0
     c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32)
-    c.model.remat = False
+    c.model.remat = "none"  # rematerialise each block: 'none', 'full', or 'save_dots' (keep matmul outputs)
     c.model.attention_chunk = 0  # >0: attention over this many sequences at a time (faster on CPU)
     c.model.init_std = 0.02
 
@@ -85,6 +86,29 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); one -1 takes the rest
+    # logical axis -> mesh axes ('' = replicated, 'data+fsdp' = both), for params and activations
+    c.mesh.rules = ml_collections.ConfigDict(
+        {
+            "batch": "data+fsdp",
+            "embed": "fsdp",
+            "vocab": "tensor",
+            "heads": "tensor",
+            "mlp": "tensor",
+            "adaln": "tensor",
+            "kv": "",
+            "qkv": "",
+            "gate": "",
+            "norm": "",
+            "time": "",
+            "length": "",
+            "embed_act": "",
+        }
+    )
+
+    c.init = ml_collections.ConfigDict()
+    c.init.workdir = ""  # start from this run's params (fine-tuning; the teacher/denoiser of mcd and nce)
+    c.init.step = 0  # its checkpoint step (0: the latest)
+    c.init.use_ema = True  # its EMA params (else the raw params)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.num_samples = 2  # FHS samples printed at the end of training (0: none)
@@ -135,6 +159,8 @@ def config_from_saved(saved: dict) -> tuple[ml_collections.ConfigDict, list[str]
                 dropped.append(prefix + key)
             elif isinstance(node[key], ml_collections.ConfigDict):
                 merge(node[key], value, prefix + key + ".")
+            elif key == "remat" and isinstance(value, bool):  # saved before remat became a policy name
+                node[key] = "full" if value else "none"
             else:
                 node[key] = type(node[key])(value) if isinstance(node[key], float) else value
 
@@ -263,6 +289,7 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     )
     _require(m.attention_chunk >= 0, f"model.attention_chunk={m.attention_chunk} must be >= 0 (0: whole batch)")
     _require(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: choose 'float32' or 'bfloat16'")
+    _require(m.remat in REMAT_POLICIES, f"model.remat={m.remat!r}: choose one of {', '.join(REMAT_POLICIES)}")
     d = c.diffusion
     _require(
         d.schedule in ("linear", "cosine", "polynomial"),
@@ -308,4 +335,8 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
         isinstance(c.mesh.shape, tuple) and len(c.mesh.shape) == 3,
         f"mesh.shape={c.mesh.shape!r} must be a (data, fsdp, tensor) tuple, e.g. --config.mesh.shape='(1,-1,1)'",
     )
+    for name, axes in c.mesh.rules.items():
+        bad = [a for a in axes.split("+") if a and a not in ("data", "fsdp", "tensor")]
+        _require(not bad, f"mesh.rules.{name}={axes!r}: use mesh axes data, fsdp, tensor joined by '+' ('' = replicated)")
+    _require(c.init.step >= 0, f"init.step={c.init.step} must be >= 0 (0: the latest checkpoint)")
     _require(c.sample.num_samples >= 0, f"sample.num_samples={c.sample.num_samples} must be >= 0")

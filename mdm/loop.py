@@ -8,16 +8,12 @@ k is fold_in(PRNGKey(seed), k), so a resumed run repeats an uninterrupted one ex
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import pathlib
 import time
-from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -26,75 +22,27 @@ from mdm.checkpoint import Checkpointer
 from mdm.config import validate
 from mdm.errors import DataError, TrainingError
 from mdm.metrics import MetricsWriter, summarize_eval
-from mdm.networks import Transformer, TransformerConfig
-from mdm.objectives import EVAL_SUM_KEYS, Objective, make_objective
-from mdm.optim import learning_rate_schedule, make_optimizer
+from mdm.experiment import Experiment, build, load_pretrained, sharded_abstract_state
+from mdm.objectives import EVAL_SUM_KEYS, Objective
+from mdm.optim import learning_rate_schedule
 from mdm.generation import generate, make_canvas
 from mdm.samplers import SamplerSettings
-from mdm.sharding import batch_sharding, check_batch, global_batch, make_mesh, state_shardings
+from mdm.sharding import activation_sharding, batch_sharding, check_batch, global_batch, make_mesh, rules_from_config
 from mdm.state import init_state, make_train_step
 
 log = logging.getLogger("mdm")
 
 
-@dataclasses.dataclass
-class Experiment:
-    """What `run` builds from a config: everything but the mutable state."""
-
-    config: Any
-    tokenizer: Any
-    objective: Objective
-    optimizer: Any
-
-
-def build(config) -> Experiment:
-    """Tokenizer, model, objective and optimiser for `config`."""
-    tokenizer = mdm_data.make_tokenizer(config.data)
-    m = config.model
-    model = Transformer(
-        TransformerConfig(
-            vocab_size=tokenizer.vocab_size,
-            num_layers=m.num_layers,
-            d_model=m.d_model,
-            num_heads=m.num_heads,
-            mlp_dim=m.mlp_dim,
-            causal=config.objective == "ar",
-            tie_embeddings=m.tie_embeddings,
-            time_conditioning=m.time_conditioning,
-            rope_base=m.rope_base,
-            dtype=m.dtype,
-            remat=m.remat,
-            init_std=m.init_std,
-            attention_chunk=m.attention_chunk,
-        )
-    )
-    objective = make_objective(config, model, tokenizer.pad_id, tokenizer.token_bytes)
-    optimizer = make_optimizer(config.optim, config.train.num_steps)
-    return Experiment(config, tokenizer, objective, optimizer)
-
-
-def sharded_abstract_state(exp: Experiment, rng: jax.Array, seq_len: int, mesh) -> tuple[Any, Any]:
-    """(state shardings, abstract state carrying them) for `mesh`, without allocating anything."""
-    model = exp.objective.model
-    t = jnp.ones((1,), jnp.float32) if model.cfg.time_conditioning else None
-    variables = jax.eval_shape(lambda: model.init(rng, jnp.zeros((1, seq_len), jnp.int32), t))
-    logical = nn.get_partition_spec(variables)["params"]
-    abstract = jax.eval_shape(lambda: init_state(exp.objective, exp.optimizer, rng, seq_len))
-    shardings = state_shardings(abstract, logical, exp.optimizer, mesh)
-    with_sharding = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return shardings, with_sharding
-
-
 def make_eval_fn(objective: Objective):
-    """jit-compiled (params, batch, rng) -> pooled sums."""
+    """jit-compiled (params, batch, rng, frozen) -> pooled sums."""
     return jax.jit(objective.eval_sums)
 
 
-def evaluate(eval_fn, params, batches: list[dict], rng: jax.Array, prefix: str) -> dict[str, float]:
+def evaluate(eval_fn, params, batches: list[dict], rng: jax.Array, prefix: str, frozen=None) -> dict[str, float]:
     """Pooled NLL over `batches`; batch i uses fold_in(rng, i) (the same every evaluation)."""
     totals = {k: 0.0 for k in EVAL_SUM_KEYS}
     for i, batch in enumerate(batches):
-        sums = eval_fn(params, batch, jax.random.fold_in(rng, i))
+        sums = eval_fn(params, batch, jax.random.fold_in(rng, i), frozen)
         for k in EVAL_SUM_KEYS:
             totals[k] += float(sums[k])
     return summarize_eval(totals, prefix)
@@ -171,12 +119,19 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
 
     train_it = _train_iterator(config, exp.tokenizer)
     eval_batches = load_eval_batches(config, exp.tokenizer)
-    init_rng, step_rng, eval_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
 
+    rules = rules_from_config(config.mesh.rules)
     mesh = make_mesh(config.mesh.shape)
     check_batch(t.batch_size // t.grad_accum, mesh, "train.batch_size / train.grad_accum")
     check_batch(t.eval_batch_size, mesh, "train.eval_batch_size")
-    shardings, abstract = sharded_abstract_state(exp, init_rng, config.data.seq_len, mesh)
+    with activation_sharding(mesh, rules):
+        return _train(exp, workdir, writer, checkpointer, train_it, eval_batches, mesh, rules, stop_at_step)
+
+
+def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batches, mesh, rules, stop_at_step):
+    config, t = exp.config, exp.config.train
+    init_rng, step_rng, eval_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    shardings, abstract = sharded_abstract_state(exp, init_rng, config.data.seq_len, mesh, rules)
     latest = checkpointer.latest_step()
     if latest is not None:
         state, data_state = checkpointer.restore(latest, abstract, config)
@@ -184,8 +139,10 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         writer.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, workdir)
     else:
-        init = jax.jit(lambda: init_state(exp.objective, exp.optimizer, init_rng, config.data.seq_len), out_shardings=shardings)
-        state = init()
+        pretrained = load_pretrained(exp, config.init, mesh, rules) if config.init.workdir else None
+        seq_len = config.data.seq_len
+        init = jax.jit(lambda p: init_state(exp.objective, exp.optimizer, init_rng, seq_len, p), out_shardings=shardings)
+        state = init(pretrained)
         writer.truncate_after(-1)  # records of a run killed before its first checkpoint
         writer.write(0, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
     start_step = int(state.step)
@@ -230,8 +187,8 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
             writer.write(step, record)
             bar.set_postfix(loss=f"{record['train/loss']:.4f}", tok_s=f"{tok_s:,.0f}")
         if step % t.eval_every == 0 or step == t.num_steps:
-            final = evaluate(eval_fn, state.params, eval_batches, eval_rng, "eval")
-            final.update(evaluate(eval_fn, state.ema_params, eval_batches, eval_rng, "eval_ema"))
+            final = evaluate(eval_fn, state.params, eval_batches, eval_rng, "eval", state.frozen)
+            final.update(evaluate(eval_fn, state.ema_params, eval_batches, eval_rng, "eval_ema", state.frozen))
             writer.write(step, final)
             interval_start, interval_steps = time.perf_counter(), 0  # keep eval time out of tokens/s
             bar.write(
@@ -248,7 +205,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
             last_ckpt = step
         bar.update(1)
     bar.close()
-    if config.sample.num_samples > 0:
+    if config.sample.num_samples > 0 and exp.objective.generates_text:
         for i, text in enumerate(draw_samples(exp, state.ema_params, config.sample.num_samples, config.sample.seed)):
             print(f"--- sample {i} ---\n{text}")
     return final

@@ -13,8 +13,7 @@ import jax
 from mdm.checkpoint import Checkpointer
 from mdm.config import config_from_saved, validate
 from mdm.errors import CheckpointError, ConfigError
-from mdm.loop import Experiment, build
-from mdm.state import init_state
+from mdm.experiment import Experiment, abstract_state, build
 
 log = logging.getLogger("mdm")
 
@@ -25,6 +24,7 @@ class Trained:
 
     experiment: Experiment
     params: Any
+    frozen: Any  # the objective's frozen tree (a teacher, a frozen denoiser) or None
     step: int
     workdir: pathlib.Path
 
@@ -54,6 +54,5 @@ def load_trained(workdir: str | pathlib.Path, step: int | None = None, use_ema: 
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {workdir}/checkpoints/{step} has a config this version rejects: {e}") from e
     exp = build(config)
-    abstract = jax.eval_shape(lambda: init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), config.data.seq_len))
-    state, _ = checkpointer.restore(step, abstract, config)
-    return Trained(exp, state.ema_params if use_ema else state.params, step, workdir)
+    state, _ = checkpointer.restore(step, abstract_state(exp, jax.random.PRNGKey(0), config.data.seq_len), config)
+    return Trained(exp, state.ema_params if use_ema else state.params, state.frozen, step, workdir)

@@ -8,8 +8,9 @@ never names a device axis. The batch is split over ('data', 'fsdp').
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -39,6 +40,23 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("length", None),
     ("embed_act", None),
 )
+
+
+def rules_from_config(rules_cfg: Any) -> tuple[tuple[str, Any], ...]:
+    """The rules table from config data {logical: 'fsdp' | 'data+fsdp' | ''} ('' = replicated)."""
+    rules = []
+    for name, axes in dict(rules_cfg).items():
+        parts = tuple(a for a in axes.split("+") if a)
+        rules.append((name, None if not parts else parts[0] if len(parts) == 1 else parts))
+    return tuple(rules)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Iterator[None]:
+    """Makes the network's `with_logical_constraint`s real for functions traced inside: the mesh
+    and the rules become the ambient context (outside `jit`, as `jax.set_mesh` requires)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+        yield
 
 
 def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -86,10 +104,12 @@ def state_shardings(
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+    frozen_specs: Any = None,
 ) -> Any:
-    """Shardings for a TrainState: params and EMA by the rules, optimizer moments like their
-    params, scalars (step, counts) replicated."""
+    """Shardings for a TrainState: params, EMA and the frozen tree (by `frozen_specs`, its logical
+    specs) by the rules, optimizer moments like their params, scalars (step, counts) replicated."""
     params = param_shardings(logical_specs, mesh, rules)
+    frozen = None if frozen_specs is None else param_shardings(frozen_specs, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt = optax.tree_map_params(
         optimizer,
@@ -99,7 +119,7 @@ def state_shardings(
         transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, NamedSharding),
     )
-    return state_abstract.replace(step=replicated, params=params, opt_state=opt, ema_params=params)
+    return state_abstract.replace(step=replicated, params=params, opt_state=opt, ema_params=params, frozen=frozen)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -25,6 +25,7 @@ class TrainState:
     params: Params  # float32 params
     opt_state: optax.OptState
     ema_params: Params
+    frozen: Params = None  # the objective's untrained params (teacher, frozen denoiser) or None
 
 
 def init_params(objective: Objective, rng: Array, seq_len: int) -> tuple[Params, Any]:
@@ -35,14 +36,18 @@ def init_params(objective: Objective, rng: Array, seq_len: int) -> tuple[Params,
     return nn.unbox(variables)["params"], nn.get_partition_spec(variables)["params"]
 
 
-def init_state(objective: Objective, optimizer: optax.GradientTransformation, rng: Array, seq_len: int) -> TrainState:
-    """A fresh state at step 0."""
-    params, _ = init_params(objective, rng, seq_len)
+def init_state(
+    objective: Objective, optimizer: optax.GradientTransformation, rng: Array, seq_len: int, pretrained: Params = None
+) -> TrainState:
+    """A state at step 0: fresh params, or what `objective.init_from` makes of `pretrained`."""
+    fresh, _ = init_params(objective, rng, seq_len)
+    params, frozen = objective.init_from(fresh, pretrained)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
         ema_params=jax.tree.map(jnp.copy, params),
+        frozen=frozen,
     )
 
 
@@ -58,8 +63,9 @@ def make_train_step(
     grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
 
     def train_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
+        frozen = jax.lax.stop_gradient(state.frozen)
         if grad_accum == 1:
-            (_, metrics), grads = grad_fn(state.params, batch, rng)
+            (_, metrics), grads = grad_fn(state.params, batch, rng, frozen)
         else:
             micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
 
@@ -67,13 +73,13 @@ def make_train_step(
 
             def accumulate(carry, inputs):
                 i, mb = inputs
-                (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), frozen)
                 # Each micro-batch loss is per its own tokens; weight by its share of the batch's.
                 w = jnp.maximum(objective.real_tokens(mb["tokens"]).sum(), 1) / total
                 return jax.tree.map(lambda c, x: c + w * x, carry, (g, m)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            _, zero_metrics = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)[0]
+            _, zero_metrics = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng, frozen)[0]
             init = (zeros, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics))
             (grads, metrics), _ = jax.lax.scan(accumulate, init, (jnp.arange(grad_accum), micro))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -83,6 +89,7 @@ def make_train_step(
             params=params,
             opt_state=opt_state,
             ema_params=ema_update(state.ema_params, params, state.step, ema_decay),
+            frozen=objective.update_frozen(state.step + 1, params, state.frozen),
         )
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return new_state, metrics

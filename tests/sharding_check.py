@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mdm.loop import build, sharded_abstract_state
+from mdm.experiment import build, sharded_abstract_state
 from mdm.sharding import batch_sharding, make_mesh
 from mdm.state import init_state, make_train_step
 from test_loop import tiny_config

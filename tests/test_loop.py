@@ -10,7 +10,8 @@ import pytest
 
 from mdm.config import base_config, validate
 from mdm.errors import CheckpointError, DataError, TrainingError
-from mdm.loop import build, run
+from mdm.experiment import build
+from mdm.loop import run
 from mdm.metrics import read_metrics
 from mdm.state import init_state, make_train_step
 

@@ -22,6 +22,14 @@ import jax.numpy as jnp
 from jax import Array
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# What a rematerialised block keeps for the backward pass: nothing ('full': recompute the whole
+# block), or the outputs of its 2-D matmuls ('save_dots': recompute only norms, RoPE, softmax
+# and activations). 'none' keeps everything (no remat).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +46,7 @@ class TransformerConfig:
     time_conditioning: bool = False
     rope_base: float = 10_000.0
     dtype: str = "float32"
-    remat: bool = False
+    remat: str = "none"  # a key of REMAT_POLICIES
     init_std: float = 0.02
     attention_chunk: int = 0  # >0: attend over chunks of this many sequences (see `attend`)
 
@@ -225,7 +233,8 @@ class Transformer(nn.Module):
             )
             cond_BxD = nn.silu(dense("time_mlp_out")(nn.silu(dense("time_mlp_in")(emb))))
 
-        block_cls = nn.remat(Block) if cfg.remat else Block
+        policy = REMAT_POLICIES[cfg.remat]
+        block_cls = Block if policy is None else nn.remat(Block, policy=policy)
         for i in range(cfg.num_layers):
             x_BxLxD = block_cls(cfg, name=f"block_{i}")(x_BxLxD, cond_BxD, attention_mask_BxL)
             x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed_act"))
@@ -247,4 +256,5 @@ class Transformer(nn.Module):
             logits = (x_BxLxD.reshape(-1, d) @ head_VxD.astype(dt).T).reshape(batch, length, -1)
         else:
             logits = Linear((cfg.vocab_size,), ("embed", "vocab"), 1, dt, cfg.init_std, name="head")(x_BxLxD)
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
         return logits.astype(jnp.float32)

@@ -27,13 +27,13 @@ class AutoregressiveObjective(Objective):
         nll = jnp.where(self.real_tokens(tokens_BxL), token_nll(logits, tokens_BxL), 0.0)
         return nll.sum(-1)
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, frozen=None):
         del rng  # deterministic objective
         tokens = batch["tokens"]
         loss = self.nll_per_example(params, tokens).sum() / jnp.maximum(self.real_tokens(tokens).sum(), 1)
         return loss, {"loss": loss}
 
-    def eval_sums(self, params, batch, rng):
+    def eval_sums(self, params, batch, rng, frozen=None):
         del rng
         tokens = batch["tokens"]
         return per_example_sums(

@@ -1,19 +1,28 @@
 """The objective seam: what the one training loop calls.
 
 An objective is a frozen dataclass with two pure methods:
-- `loss(params, batch, rng) -> (scalar, metrics)`: the training loss (nats/token) to minimise.
-- `eval_sums(params, batch, rng) -> dict`: per-batch sums (nats, tokens, bytes and the moments
-  for a standard error) that add up over batches and devices, so evaluation over many batches is
-  exact pooling, never a mean of per-batch ratios.
+- `loss(params, batch, rng, frozen) -> (scalar, metrics)`: the training loss (nats/token) to minimise.
+- `eval_sums(params, batch, rng, frozen) -> dict`: per-batch sums (nats, tokens, bytes and the
+  moments for a standard error) that add up over batches and devices, so evaluation over many
+  batches is exact pooling, never a mean of per-batch ratios.
 Batches are dicts with 'tokens': int32[B, L].
+
+`frozen` is a pytree of parameters the objective reads but never trains (a distillation
+teacher, the frozen denoiser under an energy head), or None. It lives in the train state, so
+it is sharded, checkpointed and restored with everything else. Two hooks manage it:
+- `init_from(fresh, pretrained) -> (params, frozen)`: the starting params and frozen tree from
+  freshly initialised params and, when the run names `init.workdir`, that run's params.
+- `update_frozen(step, params, frozen) -> frozen`: called (jitted) after every update with the
+  new step count, e.g. to copy the student into the teacher at a round boundary.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import Array
@@ -52,6 +61,9 @@ def per_example_sums(nats_B: Array, tokens_B: Array, bytes_B: Array) -> Metrics:
 class Objective(abc.ABC):
     """A model, its special ids and the per-token byte lengths used for bits/byte."""
 
+    # Whether `model` is a denoiser/LM that samples text (an energy head is not).
+    generates_text: ClassVar[bool] = True
+
     model: Transformer
     pad_id: int
     token_bytes: tuple[int, ...]
@@ -75,9 +87,28 @@ class Objective(abc.ABC):
         return jnp.where(self.real_tokens(tokens_BxL), table[tokens_BxL], 0).sum(-1)
 
     @abc.abstractmethod
-    def loss(self, params: Params, batch: dict[str, Array], rng: Array) -> tuple[Array, Metrics]:
+    def loss(self, params: Params, batch: dict[str, Array], rng: Array, frozen: Params = None) -> tuple[Array, Metrics]:
         """Training loss (scalar, nats/token) and float32 scalar metrics."""
 
     @abc.abstractmethod
-    def eval_sums(self, params: Params, batch: dict[str, Array], rng: Array) -> Metrics:
+    def eval_sums(self, params: Params, batch: dict[str, Array], rng: Array, frozen: Params = None) -> Metrics:
         """The sums of `per_example_sums` for one batch."""
+
+    def init_from(self, fresh: Params, pretrained: Params | None) -> tuple[Params, Params]:
+        """(params, frozen) to start from: the pretrained params when given, and no frozen tree."""
+        return (fresh if pretrained is None else pretrained), None
+
+    @property
+    def pretrained_model(self) -> nn.Module:
+        """The network whose params `init.workdir` holds (what `init_from` receives)."""
+        return self.model
+
+    def frozen_partition_specs(self, param_specs: Any) -> Any:
+        """Logical PartitionSpecs of the frozen tree, given those of the params (None: no tree)."""
+        del param_specs
+        return None
+
+    def update_frozen(self, step: Array, params: Params, frozen: Params) -> Params:
+        """The frozen tree after update number `step` (int32 scalar); unchanged by default."""
+        del step, params
+        return frozen

@@ -46,7 +46,7 @@ class MaskedDiffusionObjective(Objective):
         # A row with no mask adds 0 even where the weight is huge (t -> 0).
         return jnp.where(nll_B > 0, self.schedule.weight(t_B) * nll_B, 0.0)
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, frozen=None):
         tokens = batch["tokens"]
         batch_size, length = tokens.shape
         k_t, k_mask = jax.random.split(rng)
@@ -58,7 +58,7 @@ class MaskedDiffusionObjective(Objective):
         masked = (uniforms < self.schedule.mask_prob(t_B)[:, None]) & self.real_tokens(tokens)
         return loss, {"loss": loss, "masked_fraction": masked.sum() / num_tokens}
 
-    def eval_sums(self, params, batch, rng):
+    def eval_sums(self, params, batch, rng, frozen=None):
         tokens = batch["tokens"]
         batch_size, length = tokens.shape
         k_t, k_mask = jax.random.split(rng)
