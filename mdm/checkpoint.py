@@ -9,6 +9,7 @@ checkpoint or none; the last `keep` are kept.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -16,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from mdm.errors import CheckpointError
@@ -44,11 +46,17 @@ def _get(d: dict, dotted: str):
     return d
 
 
+def as_path(workdir: str | pathlib.Path) -> epath.Path:
+    """A workdir as an absolute local path, or a cloud URL (gs://...) kept as it is."""
+    text = str(workdir)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 class Checkpointer:
     """Saves and restores (state, data-iterator state, config) under `<workdir>/checkpoints`."""
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 2, save_every: int | None = None):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.directory = as_path(workdir) / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),

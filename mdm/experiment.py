@@ -8,7 +8,6 @@ checkpoint onto any mesh, and `load_pretrained` restores another run's params fo
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from mdm import data as mdm_data
-from mdm.checkpoint import Checkpointer
+from mdm.checkpoint import Checkpointer, as_path
 from mdm.config import config_from_saved
 from mdm.errors import CheckpointError, ConfigError
 from mdm.networks import Transformer, TransformerConfig
@@ -113,7 +112,7 @@ def load_pretrained(exp: Experiment, init, mesh: Mesh | None = None, rules: Sequ
     """The params of the run `init.workdir` (checkpoint `init.step`, 0 = latest; EMA if
     `init.use_ema`), restored directly onto `mesh` when given, checked against the params that
     `exp.objective.pretrained_model` expects."""
-    workdir = pathlib.Path(init.workdir)
+    workdir = as_path(init.workdir)
     checkpointer = Checkpointer(workdir) if (workdir / "checkpoints").is_dir() else None
     steps = checkpointer.manager.all_steps() if checkpointer else []
     if not steps:

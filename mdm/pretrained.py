@@ -9,8 +9,9 @@ from typing import Any
 import logging
 
 import jax
+from etils import epath
 
-from mdm.checkpoint import Checkpointer
+from mdm.checkpoint import Checkpointer, as_path
 from mdm.config import config_from_saved, validate
 from mdm.errors import CheckpointError, ConfigError
 from mdm.experiment import Experiment, abstract_state, build
@@ -26,7 +27,7 @@ class Trained:
     params: Any
     frozen: Any  # the objective's frozen tree (a teacher, a frozen denoiser) or None
     step: int
-    workdir: pathlib.Path
+    workdir: epath.Path  # absolute local path or cloud URL
 
     @property
     def config(self):
@@ -35,7 +36,7 @@ class Trained:
 
 def load_trained(workdir: str | pathlib.Path, step: int | None = None, use_ema: bool = True) -> Trained:
     """Restores the checkpoint at `step` (default: the latest) of the run in `workdir`."""
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise CheckpointError(f"no checkpoints under {workdir}; train first: python train.py --workdir {workdir}")
     checkpointer = Checkpointer(workdir)

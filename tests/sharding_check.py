@@ -11,50 +11,65 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mdm.experiment import build, sharded_abstract_state
-from mdm.sharding import batch_sharding, make_mesh
+from mdm.sharding import activation_sharding, batch_sharding, make_mesh
 from mdm.state import init_state, make_train_step
 from test_loop import tiny_config
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4), (1, 8, 1)]
 
 
+def check_mesh(exp, mesh, tokens, rng):
+    """One train step and the gradients on `mesh`: (record, loss, grads on the host)."""
+    shardings, _ = sharded_abstract_state(exp, jax.random.PRNGKey(0), 32, mesh)
+    state = jax.jit(lambda: init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), 32), out_shardings=shardings)()
+    rep = NamedSharding(mesh, PartitionSpec())
+    step = jax.jit(
+        make_train_step(exp.objective, exp.optimizer, 0.99, 1),
+        in_shardings=(shardings, batch_sharding(mesh), rep),
+        out_shardings=(shardings, rep),
+    )
+    grad = jax.jit(
+        jax.grad(lambda p, b, k: exp.objective.loss(p, b, k)[0]),
+        in_shardings=(shardings.params, batch_sharding(mesh), rep),
+        out_shardings=shardings.params,
+    )
+    batch = {"tokens": jax.device_put(tokens, batch_sharding(mesh))}
+    g = jax.device_get(grad(state.params, batch, rng))
+    new_state, metrics = step(state, batch, rng)
+    loss = float(metrics["loss"])
+    emb = new_state.params["embedding"]
+    per_device = sum(s.data.nbytes for leaf in jax.tree.leaves(new_state.params) for s in leaf.addressable_shards[:1])
+    total = sum(leaf.nbytes for leaf in jax.tree.leaves(new_state.params))
+    mu = new_state.opt_state[1][0].mu["embedding"]
+    rec = {
+        "loss": loss,
+        "emb_shard": list(emb.addressable_shards[0].data.shape),
+        "mu_shard": list(mu.addressable_shards[0].data.shape),
+        "param_bytes_ratio": total / per_device,
+    }
+    return rec, loss, g
+
+
 def main() -> None:
-    config = tiny_config(**{"data.source": "synthetic", "model.num_heads": 4, "model.d_model": 64, "model.mlp_dim": 128})
+    # attention_chunk=2 exercises the per-device strided chunking (local batches 16, 8, 4, 2).
+    config = tiny_config(
+        **{
+            "data.source": "synthetic",
+            "model.num_heads": 4,
+            "model.d_model": 64,
+            "model.mlp_dim": 128,
+            "model.attention_chunk": 2,
+        }
+    )
     exp = build(config)
     tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(0), (16, 32), 0, 8), np.int32)
     rng = jax.random.PRNGKey(1)
     out = {}
     ref = None
     for shape in MESHES:
-        devices = jax.devices()[: int(np.prod(shape))]
-        mesh = make_mesh(shape, devices)
-        shardings, _ = sharded_abstract_state(exp, jax.random.PRNGKey(0), 32, mesh)
-        state = jax.jit(lambda: init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(0), 32), out_shardings=shardings)()
-        rep = NamedSharding(mesh, PartitionSpec())
-        step = jax.jit(
-            make_train_step(exp.objective, exp.optimizer, 0.99, 1),
-            in_shardings=(shardings, batch_sharding(mesh), rep),
-            out_shardings=(shardings, rep),
-        )
-        grad = jax.jit(
-            jax.grad(lambda p, b, k: exp.objective.loss(p, b, k)[0]),
-            in_shardings=(shardings.params, batch_sharding(mesh), rep),
-            out_shardings=shardings.params,
-        )
-        batch = {"tokens": jax.device_put(tokens, batch_sharding(mesh))}
-        g = jax.device_get(grad(state.params, batch, rng))
-        new_state, metrics = step(state, batch, rng)
-        loss = float(metrics["loss"])
-        emb = new_state.params["embedding"]
-        per_device = sum(s.data.nbytes for leaf in jax.tree.leaves(new_state.params) for s in leaf.addressable_shards[:1])
-        total = sum(leaf.nbytes for leaf in jax.tree.leaves(new_state.params))
-        mu = new_state.opt_state[1][0].mu["embedding"]
-        rec = {
-            "loss": loss,
-            "emb_shard": list(emb.addressable_shards[0].data.shape),
-            "mu_shard": list(mu.addressable_shards[0].data.shape),
-            "param_bytes_ratio": total / per_device,
-        }
+        mesh = make_mesh(shape, jax.devices()[: int(np.prod(shape))])
+        with activation_sharding(mesh):  # the network's activation constraints become real
+            rec, loss, g = check_mesh(exp, mesh, tokens, rng)
         if ref is None:
             ref = (loss, g)
         else:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mdm.config import base_config, validate
-from mdm.errors import CheckpointError, DataError, TrainingError
+from mdm.errors import CheckpointError, ConfigError, DataError, TrainingError
 from mdm.experiment import build
 from mdm.loop import run
 from mdm.metrics import read_metrics
@@ -182,3 +182,22 @@ def test_missing_and_empty_data_are_clear_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DataError):
         run(tiny_config(**{"data.source": "text", "data.path": str(tmp_path / "empty.txt")}), tmp_path / "b")
+
+
+def test_a_run_starts_from_another_runs_params(tmp_path):
+    """init.workdir: step 0 holds the source run's EMA params (first eval equals the source's
+    last EMA eval on the same batches), and a model that does not fit is a one-line error."""
+    source = tiny_config()
+    run(source, tmp_path / "source")
+    last = [r for r in read_metrics(tmp_path / "source" / "metrics.jsonl") if "eval_ema/nats_per_token" in r][-1]
+    tuned = tiny_config(
+        **{"init.workdir": str(tmp_path / "source"), "train.num_steps": 1, "optim.lr": 1e-9, "optim.warmup_steps": 0}
+    )
+    first = run(tuned, tmp_path / "tuned")
+    # One step at lr 1e-9 moves nothing measurable; eval noise is the same fold_in(seed) keys.
+    assert first["eval/nats_per_token"] == pytest.approx(last["eval_ema/nats_per_token"], rel=1e-5)
+    wider = tiny_config(**{"init.workdir": str(tmp_path / "source"), "model.d_model": 64})
+    with pytest.raises(ConfigError, match="cannot start from"):
+        run(wider, tmp_path / "wider")
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        run(tiny_config(**{"init.workdir": str(tmp_path / "nowhere")}), tmp_path / "x")

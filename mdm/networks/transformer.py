@@ -112,12 +112,24 @@ def rope(x_BxLxNxH: Array, base: float) -> Array:
     return out.astype(x_BxLxNxH.dtype)
 
 
+def _batch_shards() -> int:
+    """Ways the batch is split over devices under the ambient mesh and logical rules (1 if none)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    axes = nn.logical_to_mesh_axes(("batch",))[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
 def attend(q: Array, k: Array, v: Array, key_mask_BxL: Array | None, causal: bool, chunk: int) -> Array:
     """`jax.nn.dot_product_attention` over [B, L, N, H] inputs, optionally in batch chunks.
 
-    With `chunk` > 0 the batch is processed `chunk` sequences at a time (the largest divisor of
-    B not above it) under `jax.checkpoint`, so each chunk's L x L scores stay in cache and are
-    recomputed in the backward pass. On CPUs this is faster; on accelerators leave it at 0.
+    With `chunk` > 0 each device processes its rows `chunk` sequences at a time (the largest
+    divisor of its local batch not above it) under `jax.checkpoint`, so each chunk's L x L
+    scores stay in cache and are recomputed in the backward pass. On CPUs this is faster; on
+    accelerators leave it at 0. Chunk i holds rows i, i + m, i + 2m, ... (m chunks), so every
+    chunk spans all batch shards equally and the loop over chunks needs no communication.
     """
 
     def one(args):
@@ -126,12 +138,15 @@ def attend(q: Array, k: Array, v: Array, key_mask_BxL: Array | None, causal: boo
         return jax.nn.dot_product_attention(q_, k_, v_, mask=mask, is_causal=causal)
 
     batch = q.shape[0]
-    if chunk <= 0 or chunk >= batch:
+    shards = _batch_shards()
+    local = batch // shards if batch % shards == 0 else batch
+    if chunk <= 0 or chunk >= local:
         return one((q, k, v, key_mask_BxL))
-    size = max(d for d in range(1, chunk + 1) if batch % d == 0)
-    split = lambda x: None if x is None else x.reshape(batch // size, size, *x.shape[1:])  # noqa: E731
+    size = max(d for d in range(1, chunk + 1) if local % d == 0)
+    m = local // size  # chunks; divides the local batch, so row i + j m lives on shard j m // local
+    split = lambda x: None if x is None else x.reshape(batch // m, m, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
     out = jax.lax.map(jax.checkpoint(one), tuple(split(x) for x in (q, k, v, key_mask_BxL)))
-    return out.reshape(q.shape)
+    return out.swapaxes(0, 1).reshape(q.shape)
 
 
 class Attention(nn.Module):

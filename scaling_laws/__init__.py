@@ -1,0 +1,1 @@
+"""Scaling-law sweeps for MDM and AR: ladder, FLOP accounting, planner, runner, collector, fits, plots, report."""
