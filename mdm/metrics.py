@@ -2,6 +2,10 @@
 
 Every record is one JSON object per line of `metrics.jsonl` with an integer `step`. Likelihoods
 are pooled over all evaluated tokens (sum of nats / sum of tokens), never averaged per batch.
+
+When `tensorboardX` is installed (pure Python, no TensorFlow), the same numbers also go to a
+TensorBoard event file beside metrics.jsonl (`tensorboard --logdir runs/`); it is rewritten
+from metrics.jsonl whenever a resumed run drops records, so both always hold the same scalars.
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ import json
 import math
 import os
 import pathlib
-from typing import Mapping
+import socket
+import struct
+import time
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -54,14 +61,81 @@ def _jsonable(value):
     return value
 
 
+TB_SUFFIX = ".mdm"  # event files this module writes end with it (and only those are ever deleted)
+
+
+def tensorboard_available() -> bool:
+    """Whether tensorboardX (the event-file protos) can be imported."""
+    try:
+        import tensorboardX.proto.event_pb2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class EventFile:
+    """TensorBoard scalars for the records of one metrics.jsonl, in `directory`.
+
+    Writes `events.out.tfevents.<time>.<host>.mdm` (TFRecord framing of `Event` protos, the
+    protos from tensorboardX), appending and closing on every write like the JSONL file.
+    """
+
+    def __init__(self, directory: str | pathlib.Path):
+        self.directory = pathlib.Path(directory)
+        self.path: pathlib.Path | None = None
+
+    def files(self) -> list[pathlib.Path]:
+        """This module's event files in `directory`."""
+        return sorted(self.directory.glob(f"events.out.tfevents.*{TB_SUFFIX}"))
+
+    def reset(self) -> None:
+        """Deletes this module's event files; the next write starts a new one."""
+        for path in self.files():
+            path.unlink()
+        self.path = None
+
+    def write(self, records: Iterable[Mapping]) -> None:
+        """Appends one Event per record: a scalar per numeric (non-bool) value, at the record's step."""
+        from tensorboardX.proto import event_pb2, summary_pb2
+
+        frames = []
+        if self.path is None:
+            self.path = self.directory / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}{TB_SUFFIX}"
+            frames.append(_frame(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")))
+        for record in records:
+            values = [
+                summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                for k, v in record.items()
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+            event = event_pb2.Event(wall_time=time.time(), step=int(record["step"]), summary=summary_pb2.Summary(value=values))
+            frames.append(_frame(event))
+        with open(self.path, "ab") as f:
+            f.write(b"".join(frames))
+
+
+def _frame(event) -> bytes:
+    """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+
+
 class MetricsWriter:
     """Appends records to `<workdir>/metrics.jsonl`, flushing each line; only the process with
-    `is_writer` (process 0 of a multi-host run) touches the file."""
+    `is_writer` (process 0 of a multi-host run) touches the file.
 
-    def __init__(self, path: str | pathlib.Path, is_writer: bool = True):
+    tensorboard: also write a TensorBoard event file beside it (None: when tensorboardX is installed).
+    """
+
+    def __init__(self, path: str | pathlib.Path, is_writer: bool = True, tensorboard: bool | None = None):
         self.path = pathlib.Path(path)
         self.is_writer = is_writer
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        use_tb = tensorboard_available() if tensorboard is None else tensorboard
+        self.events = EventFile(self.path.parent) if use_tb else None
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         if not self.is_writer:
@@ -69,20 +143,28 @@ class MetricsWriter:
         record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            self.events.write([record])
 
     def truncate_after(self, step: int) -> None:
         """Drops records with step > `step` (written by a run that died after its last checkpoint).
 
-        The file is rewritten atomically (temporary file + rename).
+        The file is rewritten atomically (temporary file + rename); the TensorBoard event file, if
+        any, is rewritten from the kept records.
         """
-        if not self.is_writer or not self.path.exists():
+        if not self.is_writer:
             return
-        kept = [line for line in read_metrics(self.path) if line["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            for record in kept:
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, self.path)
+        kept = [line for line in read_metrics(self.path) if line["step"] <= step] if self.path.exists() else []
+        if self.path.exists():
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            with open(tmp, "w") as f:
+                for record in kept:
+                    f.write(json.dumps(record) + "\n")
+            os.replace(tmp, self.path)
+        if self.events is not None:
+            self.events.reset()
+            if kept:
+                self.events.write(kept)
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:

@@ -1,0 +1,431 @@
+"""Helpers for the notebooks in `notebooks/`: load or train a run, sample, show figures and errors.
+
+The notebooks run in Colab on a fresh runtime (CPU, GPU or TPU) with only a checkpoint path to
+set. A checkpoint path may be local or a `gs://` URL: both go through etils' epath (a remote
+checkpoint step is copied to a local cache first, since the library's checkpointer reads local
+paths). With no path, `load_or_train` trains the tiny default config on the embedded corpus for
+about a minute. Library errors (`MdmError`) are shown as one line, `error: ...`, naming the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+from mdm.errors import CheckpointError, ConfigError, MdmError
+
+REPO_URL = "https://github.com/mdm-jax/mdm"
+COLAB_URL = "https://colab.research.google.com/github/mdm-jax/mdm/blob/main/notebooks/sample.ipynb"
+CPU_TRAIN_STEPS = 150  # the tiny default config: about a minute on a 2-core CPU
+ACCELERATOR_TRAIN_STEPS = 1000  # its full length, about a minute on a GPU or TPU
+_FIX = "set CHECKPOINT to a run's workdir (the folder holding checkpoints/, local or gs://) or to '' to train the tiny default"
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors and logs
+
+
+def _print_error(error: BaseException) -> None:
+    print(f"error: {error}", file=sys.stderr)
+
+
+def setup(quiet: bool = True) -> None:
+    """Quiet logs (as the CLIs) and, inside IPython, show any MdmError as one line instead of a trace.
+
+    The cell still fails (so "run all" stops there), but prints only `error: <problem; fix>`.
+    """
+    if quiet:
+        logging.getLogger("mdm").setLevel(logging.INFO)
+        try:
+            from absl import logging as absl_logging  # orbax logs every save and restore at INFO
+
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        except ImportError:
+            pass
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((MdmError,), lambda _shell, etype, value, tb, tb_offset=None: _print_error(value))
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Prints an MdmError raised inside the block as `error: ...` and carries on (the cell succeeds)."""
+    try:
+        yield
+    except MdmError as e:
+        _print_error(e)
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices and the tiny default run
+
+
+def describe_devices(mesh_shape: tuple[int, ...] = (-1, 1, 1)) -> str:
+    """One line: backend, device count and the (data, fsdp, tensor) mesh the library builds for `mesh_shape`."""
+    import jax
+
+    from mdm.sharding import MESH_AXES, mesh_shape as full_shape
+
+    devices = jax.devices()
+    shape = full_shape(mesh_shape, len(devices))
+    mesh = ", ".join(f"{a}={n}" for a, n in zip(MESH_AXES, shape))
+    return f"backend {jax.default_backend()}: {len(devices)} x {devices[0].device_kind}; mesh ({mesh})"
+
+
+def default_train_steps() -> int:
+    """Steps for about a minute of the tiny default: CPU_TRAIN_STEPS on a CPU, else ACCELERATOR_TRAIN_STEPS."""
+    import jax
+
+    return CPU_TRAIN_STEPS if jax.default_backend() == "cpu" else ACCELERATOR_TRAIN_STEPS
+
+
+def tiny_default_config(num_steps: int | None = None, objective: str = "mdm"):
+    """`configs/default.py` (the tiny CPU MDM, or its AR twin with objective='ar'), shortened to `num_steps`.
+
+    The configs/ folder is not installed with the package, so its values are repeated here
+    (a test keeps them equal). Evaluates three times, checkpoints at the end, draws no samples.
+    """
+    from mdm.config import base_config, validate
+
+    c = base_config()
+    c.objective = objective
+    c.model.num_layers = 4
+    c.model.d_model = 128
+    c.model.num_heads = 4
+    c.model.attention_chunk = 4
+    c.model.mlp_dim = 384
+    c.data.source = "embedded"
+    c.data.seq_len = 128
+    c.train.batch_size = 32
+    c.train.num_steps = 1000
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 50
+    c.diffusion.eval_t_samples = 4
+    if num_steps is not None:
+        if num_steps < 1:
+            raise ConfigError(f"num_steps={num_steps} must be >= 1")
+        c.train.num_steps = num_steps
+        c.optim.warmup_steps = min(c.optim.warmup_steps, max(num_steps // 5, 1))
+        c.train.eval_every = max(num_steps // 3, 1)
+        c.train.checkpoint_every = num_steps
+        c.train.log_every = max(min(num_steps // 30, 25), 1)
+    c.sample.num_samples = 0
+    validate(c)
+    return c
+
+
+def train_tiny(workdir: str | pathlib.Path | None = None, *, num_steps: int | None = None, objective: str = "mdm", config=None):
+    """Trains `config` (default: the tiny default for `num_steps`, see default_train_steps) in `workdir`.
+
+    workdir: default a new temporary directory. Re-running with the same workdir resumes (and
+    returns at once when the run is finished). Returns the workdir.
+    """
+    from mdm.loop import run
+
+    config = config if config is not None else tiny_default_config(num_steps or default_train_steps(), objective)
+    workdir = pathlib.Path(workdir) if workdir else pathlib.Path(tempfile.mkdtemp(prefix=f"mdm_tiny_{config.objective}_"))
+    run(config, workdir)
+    return workdir
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: local or gs://, through epath
+
+
+def is_remote(path: str) -> bool:
+    """Whether `path` is a URL (gs://, s3://, ...) rather than a local path."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _epath(path: str):
+    from etils import epath
+
+    return epath.Path(path)
+
+
+def locate_checkpoint(checkpoint: str) -> tuple[Any, int | None]:
+    """(the run's workdir as an epath.Path, the step or None for the latest) for a checkpoint path.
+
+    Accepts a workdir, its `checkpoints/` folder or one `checkpoints/<step>` folder. Raises a
+    one-line CheckpointError when the path does not exist or holds no library checkpoint.
+    """
+    if not str(checkpoint).strip():
+        raise CheckpointError(f"CHECKPOINT is empty; {_FIX}")
+    path = _epath(str(checkpoint).rstrip("/"))
+    try:
+        exists = path.exists()
+    except Exception as e:  # e.g. no credentials for a bucket
+        raise CheckpointError(
+            f"cannot read {checkpoint} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            "in Colab run google.colab.auth.authenticate_user() for a private bucket"
+        ) from e
+    if not exists:
+        raise CheckpointError(f"checkpoint path {checkpoint} does not exist; {_FIX}")
+    step = None
+    if path.name.isdigit() and path.parent.name == "checkpoints":
+        path, step = path.parent.parent, int(path.name)
+    elif path.name == "checkpoints":
+        path = path.parent
+    if not (path / "checkpoints").is_dir():
+        raise CheckpointError(f"{checkpoint} is not an mdm run: it has no checkpoints/ folder; {_FIX}")
+    return path, step
+
+
+def finished_steps(workdir) -> list[int]:
+    """The steps of `workdir/checkpoints` whose checkpoint is complete (orbax's commit marker or a final name)."""
+    steps = []
+    for child in (workdir / "checkpoints").iterdir():
+        if child.name.isdigit() and (child / "commit_success.txt").exists():
+            steps.append(int(child.name))
+    return sorted(steps)
+
+
+def copy_tree(src, dst) -> None:
+    """Copies the folder `src` (an epath.Path: local or remote) to the local folder `dst`, streaming files."""
+    dst = pathlib.Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        if child.is_dir():
+            copy_tree(child, dst / child.name)
+        else:
+            with child.open("rb") as r, open(dst / child.name, "wb") as w:
+                shutil.copyfileobj(r, w, length=1 << 22)
+
+
+def fetch_checkpoint(checkpoint: str, *, step: int | None = None, cache_dir: str | None = None, copy: bool | None = None):
+    """(a local workdir, step) holding the checkpoint at `checkpoint` (local or gs://).
+
+    copy: copy the chosen step (and metrics.jsonl) into `cache_dir` first; default: only for a
+    remote path. A step already copied is reused.
+    """
+    workdir, located_step = locate_checkpoint(checkpoint)
+    step = step if step is not None else located_step
+    remote = is_remote(str(checkpoint))
+    if not (remote if copy is None else copy):
+        return pathlib.Path(str(workdir)), step
+    steps = finished_steps(workdir)
+    if not steps:
+        raise CheckpointError(f"{checkpoint} holds no finished checkpoint; train longer or check the path")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"no checkpoint at step {step} in {checkpoint}; available: {steps}")
+    root = pathlib.Path(cache_dir or os.path.join(tempfile.gettempdir(), "mdm_checkpoints"))
+    local = root / hashlib.sha1(str(workdir).encode()).hexdigest()[:12] / workdir.name
+    target = local / "checkpoints" / str(step)
+    if not target.is_dir():
+        partial = local / "checkpoints" / f"{step}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        copy_tree(workdir / "checkpoints" / str(step), partial)
+        partial.rename(target)
+    metrics = workdir / "metrics.jsonl"
+    if metrics.exists():
+        (local / "metrics.jsonl").write_bytes(metrics.read_bytes())
+    return local, step
+
+
+def load_or_train(
+    checkpoint: str = "", *, step: int | None = None, use_ema: bool = True, train_steps: int | None = None, workdir=None
+):
+    """A `mdm.pretrained.Trained` run: the checkpoint at `checkpoint` (local or gs://), or with
+    checkpoint='' the tiny default trained for `train_steps` (default: about a minute) in `workdir`."""
+    from mdm.pretrained import load_trained
+
+    if not str(checkpoint).strip():
+        return load_trained(train_tiny(workdir, num_steps=train_steps), use_ema=use_ema)
+    local, step = fetch_checkpoint(checkpoint, step=step)
+    try:
+        return load_trained(local, step, use_ema)
+    except MdmError:
+        raise
+    except Exception as e:  # orbax/json errors: a folder that is not this library's checkpoint
+        detail = str(e).splitlines()[0][:160] if str(e) else ""
+        raise CheckpointError(f"{checkpoint} is not an mdm checkpoint ({type(e).__name__}: {detail}); {_FIX}") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# Describing a run, sampling, showing figures
+
+
+def describe(trained) -> str:
+    """Several lines: where the run is from, the model's shape and size, and the settings that matter."""
+    import jax
+
+    config = trained.config
+    objective = trained.experiment.objective
+    leaves = jax.tree_util.tree_flatten_with_path(trained.params)[0]
+    total = sum(int(np.size(x)) for _, x in leaves)
+    embedding = sum(int(np.size(x)) for p, x in leaves if "embed" in jax.tree_util.keystr(p).lower())
+    m, d = config.model, config.data
+    lines = [
+        f"run {trained.workdir} at step {trained.step} (objective {config.objective})",
+        f"model: {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads, mlp {m.mlp_dim}, "
+        f"{'time-conditioned' if m.time_conditioning else 'time-agnostic'}, dtype {m.dtype}",
+        f"params: {total:,} ({total - embedding:,} without embeddings)",
+        f"data: {d.source}, tokenizer {d.tokenizer if d.source != 'synthetic' else 'symbols'}, "
+        f"vocabulary {objective.vocab_size} (+ mask), seq_len {d.seq_len}",
+        f"diffusion: schedule {config.diffusion.schedule} (eps {config.diffusion.eps})",
+        "parameter shapes:",
+    ]
+    lines += [f"  {jax.tree_util.keystr(p)}: {tuple(np.shape(x))}" for p, x in leaves]
+    return "\n".join(lines)
+
+
+def student_settings(config):
+    """The sampler a distilled (objective 'mcd') student was made for: ancestral, teacher_steps / 2^rounds
+    steps on its grid; None for other runs."""
+    from mdm.samplers import SamplerSettings
+
+    if config.objective != "mcd" or "mcd" not in config:
+        return None
+    mcd = config.mcd
+    return SamplerSettings("ancestral", steps=max(int(mcd.teacher_steps) // 2 ** int(mcd.rounds), 1), grid=str(mcd.grid))
+
+
+def sample(
+    trained,
+    settings,
+    *,
+    prompt: str = "",
+    infill: str = "",
+    num_samples: int = 4,
+    seed: int = 0,
+    batch_size: int = 16,
+    energy=None,
+    show: bool = True,
+) -> dict:
+    """`generation.generate` from `trained` on the canvas of `prompt`/`infill`; adds 'texts' (decoded).
+
+    show: print each sample and a line with NFE and tokens/s.
+    """
+    from mdm.generation import generate, make_canvas
+
+    config, tokenizer = trained.config, trained.experiment.tokenizer
+    canvas = make_canvas(tokenizer, config.data.seq_len, prompt, infill)
+    out = generate(
+        trained.experiment.objective,
+        config,
+        trained.params,
+        settings,
+        canvas,
+        num_samples,
+        seed=seed,
+        batch_size=batch_size,
+        progress=False,
+        energy=energy,
+    )
+    out["texts"] = [tokenizer.decode(row) for row in out["tokens"]]
+    if show:
+        for i, text in enumerate(out["texts"]):
+            print(f"--- sample {i} ---\n{text}")
+        energy_note = f", energy NFE {out['energy_nfe']}" if out.get("energy_nfe") else ""
+        print(f"[{settings.sampler}] {num_samples} samples: NFE {out['nfe']}{energy_note}, {out['tokens_per_s']:,.0f} tokens/s")
+    return out
+
+
+def png_bytes(fig, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def show(fig, path: str | pathlib.Path | None = None, dpi: int = 100) -> None:
+    """Displays a matplotlib figure as a PNG output (any backend), and saves it to `path` if given."""
+    from IPython.display import Image, display
+
+    data = png_bytes(fig, dpi)
+    if path is not None:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_bytes(data)
+    display(Image(data=data, format="png"))
+
+
+def show_png(path: str | pathlib.Path) -> None:
+    """Displays a PNG file."""
+    from IPython.display import Image, display
+
+    display(Image(filename=str(path)))
+
+
+def run_table(runs) -> str:
+    """A Markdown table of each run's last evaluation (`mdm.plot.Run`s): NLL bound +- stderr, bits, EMA."""
+    rows = ["| run | step | eval nats/token | bits/byte | EMA nats/token |", "|---|---|---|---|---|"]
+    for run in runs:
+        last = next((r for r in reversed(run.records) if "eval/nats_per_token" in r), None)
+        if last is None:
+            rows.append(f"| {run.label} | - | no evaluation yet | - | - |")
+            continue
+        bits, ema = last.get("eval/bits_per_byte"), last.get("eval_ema/nats_per_token")
+        nll = f"{last['eval/nats_per_token']:.4f} +- {last.get('eval/nats_per_token_stderr', 0.0):.4f}"
+        bits_text, ema_text = "-" if bits is None else f"{bits:.4f}", "-" if ema is None else f"{ema:.4f}"
+        rows.append(f"| {run.label} | {last['step']} | {nll} | {bits_text} | {ema_text} |")
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scaling-law sweeps (scaling_laws.report)
+
+
+def _ci(law: dict, level: str = "ci95") -> str:
+    lo, hi = (law.get("exponent_intervals", {}).get(level) or [None, None])[:2]
+    return "" if lo is None or hi is None else f" [{lo:.3g}, {hi:.3g}]"
+
+
+def summarize_fits(fits: dict) -> list[str]:
+    """Printable lines from a sweep's fits.json: the Approach-2 laws, the Approach-3 fit and the multiplier."""
+    lines = [f"{fits.get('num_runs', '?')} runs from {fits.get('results_csv', 'results.csv')}"]
+    for objective, result in fits.get("objectives", {}).items():
+        laws = result.get("approach2", {}).get("laws", {})
+        text = ", ".join(
+            f"{name} ~ C^{law['exponent']:.3g}{_ci(law)}" for name, law in laws.items() if law.get("exponent") is not None
+        )
+        lines.append(f"{objective} approach 2 (95 % CI): {text or 'no law (too few valid budgets)'}")
+        params = result.get("approach3", {}).get("params", {})
+        if params:
+            lines.append(
+                f"{objective} approach 3: L(N, D) = " + ", ".join(f"{k}={v:.4g}" for k, v in params.items() if v is not None)
+            )
+    multiplier = fits.get("multiplier", {})
+    if "multiplier" in multiplier and multiplier["multiplier"]:
+        k = len(multiplier["multiplier"]) // 2
+        lines.append(
+            f"MDM/AR compute multiplier at equal loss L={multiplier['losses'][k]:.4f}: x{multiplier['multiplier'][k]:.3g}"
+        )
+    elif "error" in multiplier:
+        lines.append(f"multiplier: {multiplier['error']}")
+    return lines
+
+
+def sweep_report(sweep_dir: str | pathlib.Path, *, bootstrap: int = 200, bootstrap3: int = 20, seed: int = 0):
+    """(summary lines, figure paths) of a scaling-law sweep; runs `scaling_laws.report` first when
+    fits.json is missing or older than results.csv."""
+    import json
+
+    sweep_dir = pathlib.Path(sweep_dir)
+    try:
+        from scaling_laws import report
+    except ImportError as e:
+        raise ConfigError(f"this install has no scaling_laws package ({e}); update it: pip install -U git+{REPO_URL}") from e
+    results, fits_path = sweep_dir / "results.csv", sweep_dir / "fits.json"
+    if not results.is_file() and not fits_path.is_file():
+        raise ConfigError(f"{sweep_dir} holds no results.csv; set SWEEP_DIR to a sweep directory (python -m scaling_laws.sweep)")
+    if not fits_path.is_file() or (results.is_file() and results.stat().st_mtime > fits_path.stat().st_mtime):
+        report.build_report(sweep_dir, n_boot=bootstrap, n_boot3=bootstrap3, seed=seed)  # a FitError is an MdmError
+    fits = json.loads(fits_path.read_text())
+    figures = [sweep_dir / name for name in fits.get("figures", report.FIGURES.values()) if (sweep_dir / name).is_file()]
+    return summarize_fits(fits), figures
