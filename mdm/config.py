@@ -17,13 +17,14 @@ import ml_collections
 
 from mdm.errors import ConfigError
 from mdm.networks.transformer import REMAT_POLICIES
+from mdm.objectives import OBJECTIVES, mcd, nce
 
 
 def base_config() -> ml_collections.ConfigDict:
     """Every config key, with defaults suitable for a tiny CPU run."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.objective = "mdm"  # 'mdm' (masked diffusion ELBO) or 'ar' (causal next-token baseline)
+    c.objective = "mdm"  # 'mdm' (masked diffusion ELBO), 'ar' (causal baseline), 'mcd' or 'edlm_nce' (need init.workdir)
 
     c.model = ml_collections.ConfigDict()
     c.model.num_layers = 4
@@ -104,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
             "embed_act": "",
         }
     )
+
+    c.mcd = mcd.config_section()
+    c.nce = nce.config_section()
 
     c.init = ml_collections.ConfigDict()
     c.init.workdir = ""  # start from this run's params (fine-tuning; the teacher/denoiser of mcd and nce)
@@ -277,7 +281,11 @@ def _require(ok: bool, message: str) -> None:
 def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     """Checks values that cannot work together; each failure is one line with the fix."""
     check_keys(c, base_config())
-    _require(c.objective in ("mdm", "ar"), f"objective={c.objective!r}: choose 'mdm' or 'ar'")
+    _require(c.objective in OBJECTIVES, f"objective={c.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    _require(
+        c.objective not in ("mcd", "edlm_nce") or bool(c.init.workdir),
+        f"objective={c.objective!r} starts from a trained MDM: name its run with --config.init.workdir=runs/<mdm run>",
+    )
     m = c.model
     for key in ("num_layers", "d_model", "num_heads", "mlp_dim"):
         _require(m[key] >= 1, f"model.{key}={m[key]} must be >= 1")

@@ -121,6 +121,10 @@ def load_pretrained(exp: Experiment, init, mesh: Mesh | None = None, rules: Sequ
     if step not in steps:
         raise CheckpointError(f"init.workdir={str(workdir)!r} has no checkpoint at init.step={step}; available: {sorted(steps)}")
     saved, _ = config_from_saved(checkpointer.restore_config(step))
+    if exp.config.objective == "mcd":  # schedule, eps and grid must be the teacher's
+        from mdm.objectives.mcd import check_teacher_config
+
+        check_teacher_config(exp.config, saved)
     source = build(saved)
     rng = jax.random.PRNGKey(0)
     seq_len = saved.data.seq_len

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from mdm.errors import ConfigError
 from mdm.networks import Transformer
+from mdm.objectives import mcd, nce
 from mdm.objectives.ar import AutoregressiveObjective
 from mdm.objectives.base import EVAL_SUM_KEYS, Objective
 from mdm.objectives.mdm import MaskedDiffusionObjective
 from mdm.schedules import make_schedule
 
-OBJECTIVES = ("mdm", "ar")
+# The masked-diffusion ELBO, its AR twin, masked consistency distillation of a trained MDM
+# (config section mcd.*), and the EDLM energy head trained by NCE against a frozen MDM (nce.*).
+OBJECTIVES = ("mdm", "ar", "mcd", "edlm_nce")
+
 
 
 def make_objective(config, model: Transformer, pad_id: int, token_bytes) -> Objective:
@@ -30,14 +34,18 @@ def make_objective(config, model: Transformer, pad_id: int, token_bytes) -> Obje
         )
     if config.objective == "ar":
         return AutoregressiveObjective(**common)
+    if config.objective == "mcd":
+        return mcd.from_config(config, model, pad_id, token_bytes)
+    if config.objective == "edlm_nce":
+        return nce.from_config(config, model, pad_id, token_bytes)
     raise ConfigError(f"unknown objective {config.objective!r}; choose one of {', '.join(OBJECTIVES)}")
 
 
 __all__ = [
+    "OBJECTIVES",
     "EVAL_SUM_KEYS",
     "AutoregressiveObjective",
     "MaskedDiffusionObjective",
     "Objective",
-    "OBJECTIVES",
     "make_objective",
 ]

@@ -12,6 +12,10 @@ for a time-agnostic network, whose logits depend on x_t only; fresh token draws 
 logits leave the law unchanged). NFE is then the number of steps that reveal a token: for one
 unconditional row, linear schedule, uniform grid, E[NFE] = T (1 - (1 - 1/T)^L); for B rows,
 L -> L B.
+
+greedy_last=True replaces the token draw of the last step (s = 0, which reveals every position
+still masked) by the argmax of the logits ("greedy tail", DUO's `noise_removal=greedy`): a
+lower-entropy finish often used with few-step distilled students. Off by default.
 """
 
 from __future__ import annotations
@@ -49,14 +53,22 @@ def ancestral_sample(
     grid: str = "uniform",
     cache: bool = True,
     draw: TokenDraw = TokenSampling(),
+    greedy_last: bool = False,
 ) -> SampleOutput:
     """Fills the `mask` positions of `tokens_BxL` in `steps` grid steps; NFE counts network calls.
 
     cache=True reuses the last logits while no token has changed (only valid for a
-    time-agnostic denoiser: pass cache=False for a time-conditioned one).
+    time-agnostic denoiser: pass cache=False for a time-conditioned one). greedy_last=True takes
+    the argmax instead of a draw at the last step.
     """
     batch = tokens_BxL.shape[0]
     times = time_grid(steps, grid)
+
+    def tokens(i, k_tok, logits, x):
+        drawn = draw(k_tok, logits, x)
+        if not greedy_last:
+            return drawn
+        return jnp.where(i == steps - 1, jnp.argmax(logits, axis=-1).astype(drawn.dtype), drawn)
 
     def step(i, carry):
         x, logits, valid, nfe = carry
@@ -67,11 +79,11 @@ def ancestral_sample(
         t_B = jnp.full((batch,), t)
         if not cache:
             logits = denoiser(x, t_B).astype(jnp.float32)
-            return jnp.where(unmask, draw(k_tok, logits, x), x), logits, valid, nfe + 1
+            return jnp.where(unmask, tokens(i, k_tok, logits, x), x), logits, valid, nfe + 1
         # Call the network only when a token is revealed and x changed since the last call.
         need_call = jnp.any(unmask) & ~valid
         logits = jax.lax.cond(need_call, lambda: denoiser(x, t_B).astype(jnp.float32), lambda: logits)
-        x_new = jax.lax.cond(jnp.any(unmask), lambda: jnp.where(unmask, draw(k_tok, logits, x), x), lambda: x)
+        x_new = jax.lax.cond(jnp.any(unmask), lambda: jnp.where(unmask, tokens(i, k_tok, logits, x), x), lambda: x)
         return x_new, logits, (valid | need_call) & jnp.all(x_new == x), nfe + need_call.astype(jnp.int32)
 
     vocab = jax.eval_shape(denoiser, tokens_BxL, jnp.ones((batch,), jnp.float32)).shape[-1]
