@@ -1,15 +1,22 @@
 """Sample from a trained run.
 
-    python sample.py --workdir runs/default [--sampler fhs|ancestral|confidence] [--steps N]
+    python sample.py --workdir runs/default [--sampler fhs|ancestral|confidence|edlm] [--steps N]
         [--num_samples N] [--seed S] [--prompt TEXT | --infill "text with [MASK] or [MASK*8] spans"]
         [--temperature T] [--top_k K] [--top_p P] [--categorical exact|gumbel_f32|gumbel_high]
         [--tokens_per_step K] [--grid uniform|cosine] [--cache true|false]
         [--order top_prob|margin|entropy] [--block_length N] [--step N] [--params ema|raw]
         [--output FILE]
+    python sample.py --workdir runs/default --sampler edlm --energy ar|nce --energy_workdir DIR2
+        [--is_k K] [--is_window W] [--is_temp T] [--is_preset speed|quality] [--ar_carry_over true|false]
 
 Prints the decoded samples and appends them, with every setting that decided them, to
 WORKDIR/samples.jsonl (or --output). --steps 0 means the sampler's default: exact FHS (one
-token per call) or seq_len steps for ancestral/confidence.
+token per call) or seq_len steps for ancestral/confidence/edlm.
+
+--sampler edlm is EDLM's importance sampler: in the window t >= 1 - W it draws K candidates per
+row from the MDM, scores them with the energy (--energy ar: the carry-over AR energy of the AR
+run DIR2; nce: the NCE energy run DIR2) and keeps one with probability softmax(-E / T). It
+reports the denoiser's NFE and the energy's separately.
 """
 
 from __future__ import annotations
@@ -37,21 +44,37 @@ RUN_FLAGS = {
 def _run(argv: list[str]) -> None:
     from mdm.config import parse_flags
     from mdm.errors import ConfigError
-    from mdm.generation import SAMPLER_FLAGS
+    from mdm.generation import ENERGY_FLAGS, SAMPLER_FLAGS
 
-    flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS})
+    flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS, **ENERGY_FLAGS})
     if flags["params"] not in ("ema", "raw"):
         raise ConfigError(f"--params={flags['params']}: choose ema or raw")
     if flags["num_samples"] < 1 or flags["batch_size"] < 1:
         raise ConfigError("--num_samples and --batch_size must be >= 1")
 
     import mdm
-    from mdm.generation import generate, make_canvas, settings_from_flags
+    from mdm.generation import check_energy_flags, generate, load_energy, make_canvas, settings_from_flags
     from mdm.pretrained import load_trained
 
+    check_energy_flags(flags)  # before any checkpoint is read
     trained = load_trained(flags["workdir"], None if flags["step"] < 0 else flags["step"], flags["params"] == "ema")
     seq_len = trained.config.data.seq_len
     settings = settings_from_flags(flags, seq_len)
+    try:
+        settings.validate(seq_len)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    energy, energy_record = None, {}
+    if flags["energy"]:
+        energy, energy_record = load_energy(
+            flags["energy"],
+            flags["energy_workdir"],
+            trained.config,
+            step=None if flags["energy_step"] < 0 else flags["energy_step"],
+            use_ema=flags["params"] == "ema",
+            carry_over=flags["ar_carry_over"],
+            denoiser_workdir=trained.workdir,
+        )
     tokenizer = trained.experiment.tokenizer
     canvas = make_canvas(tokenizer, seq_len, flags["prompt"], flags["infill"])
     out = generate(
@@ -64,6 +87,7 @@ def _run(argv: list[str]) -> None:
         seed=flags["seed"],
         batch_size=flags["batch_size"],
         progress=flags["progress"],
+        energy=energy,
     )
     output = pathlib.Path(flags["output"] or pathlib.Path(flags["workdir"]) / "samples.jsonl")
     record_base = {
@@ -76,6 +100,8 @@ def _run(argv: list[str]) -> None:
         "prompt": flags["prompt"],
         "infill": flags["infill"],
         "nfe_total": out["nfe"],
+        "energy_nfe_total": out["energy_nfe"],
+        **energy_record,
         "tokens_per_s": out["tokens_per_s"],
         "mdm_version": mdm.__version__,
     }
@@ -84,7 +110,11 @@ def _run(argv: list[str]) -> None:
             text = tokenizer.decode(row)
             print(f"--- sample {i} ---\n{text}")
             f.write(json.dumps({**record_base, "index": i, "text": text, "tokens": row.tolist()}) + "\n")
-    print(f"{flags['num_samples']} samples, NFE {out['nfe']}, {out['tokens_per_s']:,.0f} tokens/s -> {output}", file=sys.stderr)
+    energy_note = f", energy NFE {out['energy_nfe']} ({energy_record['energy']})" if energy is not None else ""
+    print(
+        f"{flags['num_samples']} samples, NFE {out['nfe']}{energy_note}, {out['tokens_per_s']:,.0f} tokens/s -> {output}",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,9 @@
 
 `make_sampler(settings)` turns plain settings (a `SamplerSettings`) into a function
 `(denoiser, keys_B, canvas_BxL) -> SampleOutput`, so scripts and the training loop pick a
-sampler by name.
+sampler by name. The 'edlm' sampler (importance sampling with an energy, `importance.py`) also
+needs `make_sampler(..., energy=...)` and returns an `ImportanceSampleOutput` (a SampleOutput
+with `energy_nfe` added).
 """
 
 from __future__ import annotations
@@ -16,17 +18,22 @@ from mdm.samplers.base import Denoiser, SampleOutput, TokenDraw, TokenSampling
 from mdm.samplers.categorical import METHODS, filter_logits, sample_categorical
 from mdm.samplers.confidence import ORDERS, confidence_sample
 from mdm.samplers.first_hitting import first_hitting_sample
+from mdm.samplers.importance import ImportanceSampleOutput, check_importance_settings, importance_sample
 from mdm.schedules import Schedule
 
-SAMPLERS = ("fhs", "ancestral", "confidence")
+SAMPLERS = ("fhs", "ancestral", "confidence", "edlm")
+# EDLM importance-sampling presets (K candidates, window w): the paper's speed runs and its Table 3.
+EDLM_PRESETS = {"speed": {"is_k": 2, "is_window": 0.2}, "quality": {"is_k": 2, "is_window": 1.0}}
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
     """Everything that decides a sample besides the model, the canvas and the seed.
 
-    steps: ancestral grid steps / confidence calls; for 'fhs', None = exact (one token per call),
-    or a call budget (k = ceil(n / steps_left) tokens per call). tokens_per_step: fixed k for fhs.
+    steps: ancestral/edlm grid steps / confidence calls; for 'fhs', None = exact (one token per
+    call), or a call budget (k = ceil(n / steps_left) tokens per call). tokens_per_step: fixed k
+    for fhs. is_k, is_window, is_temp: EDLM's candidates K per step, window w (importance
+    sampling at t >= 1 - w; 0.2 is the speed preset, 1 the quality preset) and energy temperature.
     """
 
     sampler: str = "fhs"
@@ -40,12 +47,15 @@ class SamplerSettings:
     top_k: int = 0
     top_p: float = 1.0
     categorical: str = "exact"
+    is_k: int = 2
+    is_window: float = 0.2
+    is_temp: float = 1.0
 
     def validate(self, seq_len: int) -> None:
         """Raises ValueError naming the bad setting and its allowed values."""
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.sampler in ("ancestral", "confidence") and (self.steps is None or self.steps < 1):
+        if self.sampler in ("ancestral", "confidence", "edlm") and (self.steps is None or self.steps < 1):
             raise ValueError(f"the {self.sampler} sampler needs steps >= 1 (e.g. --steps {seq_len})")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps={self.steps} must be >= 1")
@@ -67,15 +77,37 @@ class SamplerSettings:
             raise ValueError(f"temperature={self.temperature} must be > 0")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"top_k={self.top_k} must be >= 0 and top_p={self.top_p} in (0, 1]")
+        check_importance_settings(self.is_k, self.is_window, self.is_temp)
 
     @property
     def token_draw(self) -> TokenSampling:
         return TokenSampling(self.temperature, self.top_k, self.top_p, self.categorical)
 
 
-def make_sampler(settings: SamplerSettings, *, mask: int, schedule: Schedule, time_agnostic: bool = True) -> Callable:
-    """(denoiser, keys_B, canvas int[B, L]) -> SampleOutput for the chosen sampler."""
+def make_sampler(
+    settings: SamplerSettings, *, mask: int, schedule: Schedule, time_agnostic: bool = True, energy: Callable | None = None
+) -> Callable:
+    """(denoiser, keys_B, canvas int[B, L]) -> SampleOutput for the chosen sampler.
+
+    energy: for 'edlm' only, (x0_NxL, xt_NxL, denoiser_logp_N) -> E_N (see `mdm.energy`).
+    """
     draw = settings.token_draw
+    if settings.sampler == "edlm":
+        if energy is None:
+            raise ValueError("the edlm sampler needs an energy: pass --energy ar|nce --energy_workdir DIR")
+        return functools.partial(
+            importance_sample,
+            energy=energy,
+            mask=mask,
+            schedule=schedule,
+            steps=settings.steps,
+            grid=settings.grid,
+            window=settings.is_window,
+            num_candidates=settings.is_k,
+            temperature=settings.is_temp,
+            cache=settings.cache and time_agnostic,
+            draw=draw,
+        )
     if settings.sampler == "fhs":
         return functools.partial(
             first_hitting_sample,
@@ -108,6 +140,8 @@ def make_sampler(settings: SamplerSettings, *, mask: int, schedule: Schedule, ti
 
 __all__ = [
     "Denoiser",
+    "EDLM_PRESETS",
+    "ImportanceSampleOutput",
     "SampleOutput",
     "SamplerSettings",
     "TokenDraw",
@@ -117,6 +151,7 @@ __all__ = [
     "confidence_sample",
     "filter_logits",
     "first_hitting_sample",
+    "importance_sample",
     "make_sampler",
     "sample_categorical",
     "time_grid",
