@@ -41,6 +41,7 @@ SAMPLER_FLAGS = {
     "top_k": 0,
     "top_p": 1.0,
     "categorical": "exact",
+    "greedy_last": False,  # ancestral: argmax at the last step (distilled students)
     "is_k": 2,  # edlm: importance candidates per step
     "is_window": 0.2,  # edlm: importance sampling at t >= 1 - w (0.2 speed preset, 1 quality preset)
     "is_temp": 1.0,  # edlm: resampling weights softmax(-E / is_temp)
@@ -78,6 +79,7 @@ def settings_from_flags(flags: dict[str, Any], seq_len: int) -> SamplerSettings:
         top_k=flags["top_k"],
         top_p=flags["top_p"],
         categorical=flags["categorical"],
+        greedy_last=flags.get("greedy_last", False),
         is_k=is_k,
         is_window=is_window,
         is_temp=flags.get("is_temp", 1.0),

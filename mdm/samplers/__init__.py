@@ -47,6 +47,7 @@ class SamplerSettings:
     top_k: int = 0
     top_p: float = 1.0
     categorical: str = "exact"
+    greedy_last: bool = False  # ancestral: argmax at the last step (few-step distilled students)
     is_k: int = 2
     is_window: float = 0.2
     is_temp: float = 1.0
@@ -126,6 +127,7 @@ def make_sampler(
             grid=settings.grid,
             cache=settings.cache and time_agnostic,
             draw=draw,
+            greedy_last=settings.greedy_last,
         )
     return functools.partial(
         confidence_sample,
