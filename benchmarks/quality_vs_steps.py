@@ -20,8 +20,9 @@ exact log-likelihood per token of the samples under the true chain is added (the
 value is printed with it), which is exact where generative perplexity is only a proxy.
 
 `--match REF@STEPS` reports, for every other model, the fewest steps at which its generative
-perplexity (or exact log-likelihood on synthetic data) is at least as good as REF's at STEPS,
-and the wall-clock speed-up that gives.
+perplexity (or exact log-likelihood on synthetic data) is at least as good as REF's at STEPS
+while its sample entropy stays within `--entropy_tol` nats of REF's (low generative perplexity
+alone also rewards collapsed, repetitive samples), and the wall-clock speed-up that gives.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--is_k", type=int, default=2)
     parser.add_argument("--is_window", type=float, default=1.0)
     parser.add_argument("--match", action="append", default=[], help="REF@STEPS")
+    parser.add_argument("--entropy_tol", type=float, default=0.1, help="nats of entropy a match may lose")
     parser.add_argument("--greedy_last", action="store_true", help="argmax at the last step (distilled students)")
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
@@ -149,7 +151,13 @@ def main() -> None:
             raise SystemExit(f"error: --match {match}: no row for model {ref!r} at {at} steps")
         summary = []
         for label in dict.fromkeys(r["model"] for r in rows if r["model"] != ref):
-            ok = [r for r in rows if r["model"] == label and quality_key(r) >= quality_key(target)]
+            ok = [
+                r
+                for r in rows
+                if r["model"] == label
+                and quality_key(r) >= quality_key(target)
+                and r["sample_entropy_nats"] >= target["sample_entropy_nats"] - args.entropy_tol
+            ]
             best = min(ok, key=lambda r: r["steps"]) if ok else None
             summary.append(
                 {

@@ -15,7 +15,12 @@ DEFAULT = ROOT / "configs" / "default.py"
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.stem)
 def test_every_shipped_config_loads_and_validates(path):
-    validate(load_config(path))
+    config = load_config(path)
+    if config.objective in ("mcd", "edlm_nce"):  # these start from a trained MDM named on the command line
+        with pytest.raises(ConfigError, match="init.workdir"):
+            validate(config)
+        config.init.workdir = "runs/default"
+    validate(config)
 
 
 def test_overrides_are_parsed_with_the_type_of_the_default():

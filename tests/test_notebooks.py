@@ -203,7 +203,7 @@ def test_notebooks_install_first_and_take_papermill_parameters(name):
 
 
 def test_readme_sections_give_the_colab_link_and_the_first_two_cells():
-    text = (ROOT / "docs" / "readme_sections.md").read_text()
+    text = (ROOT / "README.md").read_text()
     assert "## Use in Colab" in text and notebook.COLAB_URL in text
     nb = nbformat.read(NOTEBOOKS / "sample.ipynb", as_version=4)
     install, parameters = [c.source for c in nb.cells if c.cell_type == "code"][:2]
