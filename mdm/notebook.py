@@ -96,25 +96,12 @@ def default_train_steps() -> int:
 def tiny_default_config(num_steps: int | None = None, objective: str = "mdm"):
     """`configs/default.py` (the tiny CPU MDM, or its AR twin with objective='ar'), shortened to `num_steps`.
 
-    The configs/ folder is not installed with the package, so its values are repeated here
-    (a test keeps them equal). Evaluates three times, checkpoints at the end, draws no samples.
+    Evaluates three times, checkpoints at the end, draws no samples.
     """
-    from mdm.config import base_config, validate
+    from mdm.config import tiny_cpu_config, validate
 
-    c = base_config()
+    c = tiny_cpu_config()
     c.objective = objective
-    c.model.num_layers = 4
-    c.model.d_model = 128
-    c.model.num_heads = 4
-    c.model.attention_chunk = 4
-    c.model.mlp_dim = 384
-    c.data.source = "embedded"
-    c.data.seq_len = 128
-    c.train.batch_size = 32
-    c.train.num_steps = 1000
-    c.optim.lr = 2e-3
-    c.optim.warmup_steps = 50
-    c.diffusion.eval_t_samples = 4
     if num_steps is not None:
         if num_steps < 1:
             raise ConfigError(f"num_steps={num_steps} must be >= 1")

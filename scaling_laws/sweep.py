@@ -33,24 +33,13 @@ from mdm.config import apply_override, load_config, parse_flags, validate
 from mdm.data import make_tokenizer
 from mdm.errors import ConfigError, MdmError
 from mdm.metrics import read_metrics
+from scaling_laws import fits
 from scaling_laws.planner import OBJECTIVES, RunSpec, format_value, plan_sweep
 from scaling_laws.presets import get_preset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMANDS = ("plan", "run", "script", "collect")
-RESULT_COLUMNS = (
-    "objective",
-    "run",
-    "budget",
-    "params",
-    "params_total",
-    "tokens",
-    "flops",
-    "loss",
-    "steps",
-    "batch_size",
-    "seq_len",
-    "workdir",
+RESULT_COLUMNS = fits.RESULT_COLUMNS + (
     # beyond the contract: the size, both FLOP conventions, the loss's standard error and EMA value
     "size",
     "convention",

@@ -15,7 +15,6 @@ from mdm.schedules import make_schedule
 OBJECTIVES = ("mdm", "ar", "mcd", "edlm_nce")
 
 
-
 def make_objective(config, model: Transformer, pad_id: int, token_bytes) -> Objective:
     """Builds the objective named by `config.objective` for `model`."""
     common = dict(
