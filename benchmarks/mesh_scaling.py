@@ -37,6 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.table import print_table  # noqa: E402
+from benchmarks.train_throughput import time_train_steps  # noqa: E402
 from mdm.config import load_config, validate  # noqa: E402
 from mdm.experiment import build, sharded_abstract_state  # noqa: E402
 from mdm.flops import train_flops_per_token  # noqa: E402
@@ -97,13 +98,7 @@ def bench_mesh(config, shape: tuple[int, int, int], steps: int) -> dict:
         compile_s = time.perf_counter() - t0
         counts = collective_counts(compiled.as_text())
         mem = compiled.memory_analysis()
-        times = []
-        for i in range(steps + 2):
-            t0 = time.perf_counter()
-            state, metrics = step_fn(state, batches[i % 2], jax.random.PRNGKey(i))
-            metrics["loss"].block_until_ready()
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
+        state, times = time_train_steps(step_fn, state, batches, steps)
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         per_device, how = stats["peak_bytes_in_use"], "peak"

@@ -46,6 +46,19 @@ def matmul_peak(dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def time_train_steps(step_fn, state, batches: list, steps: int) -> tuple:
+    """(state, seconds of each of `steps` timed steps) after two warm-up steps (the second would
+    expose a recompile); the batches alternate."""
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, batches[i % 2], jax.random.PRNGKey(i))
+        metrics["loss"].block_until_ready()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return state, times
+
+
 def bench_config(name: str, steps: int, batch: int | None) -> dict:
     config = load_config(ROOT / "configs" / f"{name}.py")
     if batch is not None:
@@ -68,14 +81,7 @@ def bench_config(name: str, steps: int, batch: int | None) -> dict:
     compiled_bytes = None
     if mem is not None:
         compiled_bytes = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-    # Two warm-up steps (the second would expose a recompile), then the timed ones.
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        state, metrics = step_fn(state, batches[i % 2], jax.random.PRNGKey(i))
-        metrics["loss"].block_until_ready()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+    state, times = time_train_steps(step_fn, state, batches, steps)
     cache_size = step_fn._cache_size()
     cfg = exp.objective.model.cfg
     flops_tok = train_flops_per_token(cfg, seq_len)
