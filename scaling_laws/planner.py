@@ -23,7 +23,7 @@ import math
 from mdm.errors import ConfigError
 from mdm.flops import nonembedding_params, smdm_flops_per_token, total_params, train_flops_per_token
 from scaling_laws.ladder import Shape, get_shape
-from scaling_laws.presets import Preset
+from scaling_laws.presets import Grid, Preset
 
 OBJECTIVES = ("mdm", "ar")
 
@@ -190,17 +190,21 @@ def plan_sweep(
     time_conditioning: bool = False,
     convention: str | None = None,
 ) -> list[RunSpec]:
-    """Every run of the grid, objective-major, then by budget and size.
+    """Every run of the grid (each objective's own, `Preset.grid_for`), objective-major, then by budget and size.
 
     `budgets` / `sizes` replace the preset's grid: given budgets use the preset's sizes (all of
     them) unless `sizes` is given too; given sizes alone apply to every preset budget.
     """
     if not objectives:
         raise ConfigError("no objectives to plan; pass --objectives mdm,ar")
-    grid = list(preset.grid)
-    if budgets or sizes:
-        all_sizes = tuple(dict.fromkeys(s for _, ss in preset.grid for s in ss))
-        grid = [(c, tuple(sizes) if sizes else all_sizes) for c in (budgets or [c for c, _ in preset.grid])]
+
+    def grid(objective: str) -> Grid:
+        preset_grid = preset.grid_for(objective)
+        if not (budgets or sizes):
+            return preset_grid
+        all_sizes = tuple(dict.fromkeys(s for _, ss in preset_grid for s in ss))
+        return tuple((c, tuple(sizes) if sizes else all_sizes) for c in (budgets or [c for c, _ in preset_grid]))
+
     runs = [
         plan_run(
             preset,
@@ -213,7 +217,7 @@ def plan_sweep(
             convention=convention,
         )
         for objective in objectives
-        for budget, budget_sizes in grid
+        for budget, budget_sizes in grid(objective)
         for size in budget_sizes
     ]
     names = [r.name for r in runs]

@@ -125,7 +125,7 @@ def test_planner_spends_every_budget_within_half_a_step(name):
     preset = get_preset(name)
     vocab = 259 if name in ("smoke", "mini") else 32000
     runs = plan_sweep(preset, vocab)
-    assert len(runs) == 2 * sum(len(sizes) for _, sizes in preset.grid)
+    assert len(runs) == sum(len(sizes) for objective in ("mdm", "ar") for _, sizes in preset.grid_for(objective))
     for r in runs:
         step_flops = r.flops_per_token * r.batch_size * r.seq_len
         # The step count closest to the budget: |s x step - C| is convex in s, so beating both neighbours suffices.
@@ -137,19 +137,33 @@ def test_planner_spends_every_budget_within_half_a_step(name):
         assert abs(r.flops / r.budget - 1) < (0.01 if name != "mini" else 0.1)  # <= 0.5 % from >= 100 steps
         assert r.steps >= preset.min_steps and 1 <= r.warmup_steps <= r.steps // 2 or r.steps == 1
         assert r.tokens == r.steps * r.batch_size * r.seq_len
-    # MDM and AR follow one protocol: the same cells get the same steps, batch and recipe.
+    # MDM and AR follow one protocol: a cell both grids hold gets the same steps, batch and recipe.
     by_cell = {}
     for r in runs:
         by_cell.setdefault((r.budget, r.size), []).append((r.steps, r.batch_size, r.lr, r.warmup_steps, r.flops))
-    assert all(len(v) == 2 and v[0] == v[1] for v in by_cell.values())
+    assert all(v[0] == v[-1] for v in by_cell.values()) and any(len(v) == 2 for v in by_cell.values())
 
 
 def test_smoke_preset_shape():
     preset = get_preset("smoke")
-    assert len(preset.grid) >= 3 and all(len(sizes) >= 3 for _, sizes in preset.grid)
+    for objective in ("mdm", "ar"):
+        grid = preset.grid_for(objective)
+        assert len(grid) >= 3 and all(len(sizes) >= 3 for _, sizes in grid)
     runs = plan_sweep(preset, 259)
     assert {r.objective for r in runs} == {"mdm", "ar"} and all(r.seq_len == 128 for r in runs)
-    assert all(get_shape(r.size).params < 2e5 for r in runs)  # tiny CPU rungs
+    assert all(get_shape(r.size).params < 5e5 for r in runs)  # tiny CPU rungs
+
+
+def test_objective_grids_replace_the_shared_one():
+    preset = dataclasses.replace(
+        get_preset("mini"), grid=((1e9, ("5k", "8k")),), objective_grids=(("ar", ((1e9, ("19k", "33k")), (2e9, ("33k",)))),)
+    )
+    runs = plan_sweep(preset, 259)
+    assert [r.name for r in runs] == ["mdm_C1e9_5k", "mdm_C1e9_8k", "ar_C1e9_19k", "ar_C1e9_33k", "ar_C2e9_33k"]
+    # --budgets alone keeps each objective's own sizes; --sizes alone keeps each objective's budgets.
+    by_budget = plan_sweep(preset, 259, budgets=(3e9,))
+    assert [r.name for r in by_budget] == ["mdm_C3e9_5k", "mdm_C3e9_8k", "ar_C3e9_19k", "ar_C3e9_33k"]
+    assert [r.name for r in plan_sweep(preset, 259, sizes=("8k",))] == ["mdm_C1e9_8k", "ar_C1e9_8k", "ar_C2e9_8k"]
 
 
 def test_lr_and_warmup_rules():
@@ -239,7 +253,7 @@ def test_script_mode_writes_one_runnable_command_per_run(tmp_path, monkeypatch):
     script, runs_json = sweep.write_script(tmp_path, specs, [("data.val_percent", "6")])
     records = json.loads(runs_json.read_text())
     n = len(specs)
-    assert [r["name"] for r in records] == [s.name for s in specs] and n == 24
+    assert [r["name"] for r in records] == [s.name for s in specs] and n == 30
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     env = dict(os.environ, PYTHON="echo")
     for k in (1, n // 2, n):
