@@ -159,6 +159,32 @@ def runs_of(rows: Sequence[RunResult], objective: str) -> list[RunResult]:
     return [r for r in rows if r.objective == objective]
 
 
+@dataclasses.dataclass(frozen=True)
+class ReplicateSpread:
+    """How much the loss of one cell (objective, budget, N) moves between replicates (seeds)."""
+
+    cells: int  # cells with two or more runs
+    runs: int  # the runs in those cells
+    pooled_std: float  # sqrt of the cells' mean unbiased variance: one run's noise, nats/token
+    max_range: float  # the largest max - min within a cell
+
+
+def replicate_spread(runs: Sequence[RunResult]) -> ReplicateSpread | None:
+    """The seed noise of the replicated cells among `runs` (one objective); None when no cell is replicated."""
+    cells: dict[tuple[float, int], list[float]] = {}
+    for r in runs:
+        cells.setdefault((r.budget, r.params), []).append(r.loss)
+    repl = [np.asarray(v) for v in cells.values() if len(v) > 1]
+    if not repl:
+        return None
+    return ReplicateSpread(
+        cells=len(repl),
+        runs=sum(v.size for v in repl),
+        pooled_std=float(np.sqrt(np.mean([v.var(ddof=1) for v in repl]))),
+        max_range=float(max(v.max() - v.min() for v in repl)),
+    )
+
+
 def _check_runs(runs: Sequence[RunResult]) -> str:
     """Validates the runs of one fit; returns their objective."""
     if not runs:

@@ -49,6 +49,7 @@ class RunSpec:
     flops_per_token_6n: float  # 6 N_nonemb
     base_config: str  # config file relative to the repository root
     overrides: tuple[tuple[str, str], ...]  # ('section.key', value as typed on the command line)
+    seed: int = 0  # the config's `seed`: replicates of one cell differ only in it
 
     @property
     def tokens(self) -> int:
@@ -127,8 +128,9 @@ def plan_run(
     tie_embeddings: bool = True,
     time_conditioning: bool = False,
     convention: str | None = None,
+    seed: int = 0,
 ) -> RunSpec:
-    """The run of `objective` at ladder `size` that spends `budget` FLOPs under the preset's rules."""
+    """The run of `objective` at ladder `size` that spends `budget` FLOPs under the preset's rules, with `seed`."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective {objective!r}: choose from {', '.join(OBJECTIVES)}")
     if not (budget > 0 and math.isfinite(budget)):
@@ -155,11 +157,12 @@ def plan_run(
         "train.eval_every": steps,
         "train.checkpoint_every": max(1, math.ceil(steps / preset.checkpoints_per_run)),
         "train.log_every": max(1, steps // preset.log_points),
+        "seed": seed,
     }
     overrides = dict(preset.overrides)
     overrides.update(planned)
     return RunSpec(
-        name=f"{objective}_C{budget_tag(budget)}_{size}",
+        name=f"{objective}_C{budget_tag(budget)}_{size}" + (f"_s{seed}" if seed else ""),
         objective=objective,
         size=size,
         budget=float(budget),
@@ -176,6 +179,7 @@ def plan_run(
         flops_per_token_6n=six_n,
         base_config=preset.base_config(objective),
         overrides=tuple((k, format_value(v)) for k, v in overrides.items()),
+        seed=seed,
     )
 
 
@@ -189,11 +193,14 @@ def plan_sweep(
     tie_embeddings: bool = True,
     time_conditioning: bool = False,
     convention: str | None = None,
+    seeds: tuple[int, ...] | None = None,
 ) -> list[RunSpec]:
-    """Every run of the grid (each objective's own, `Preset.grid_for`), objective-major, then by budget and size.
+    """Every run of the grid (each objective's own, `Preset.grid_for`), objective-major, then by budget,
+    size and seed.
 
     `budgets` / `sizes` replace the preset's grid: given budgets use the preset's sizes (all of
-    them) unless `sizes` is given too; given sizes alone apply to every preset budget.
+    them) unless `sizes` is given too; given sizes alone apply to every preset budget. `seeds`
+    replaces the preset's seeds.
     """
     if not objectives:
         raise ConfigError("no objectives to plan; pass --objectives mdm,ar")
@@ -215,12 +222,18 @@ def plan_sweep(
             tie_embeddings=tie_embeddings,
             time_conditioning=time_conditioning,
             convention=convention,
+            seed=seed,
         )
         for objective in objectives
         for budget, budget_sizes in grid(objective)
         for size in budget_sizes
+        for seed in (preset.seeds if seeds is None else seeds)
     ]
+    if not runs:
+        raise ConfigError("the grid holds no runs; give at least one budget, size and seed")
+    if any(seed < 0 for seed in (preset.seeds if seeds is None else seeds)):
+        raise ConfigError("seeds must be non-negative integers, e.g. --seeds 0,1")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
-        raise ConfigError("the grid names a run twice (a repeated budget, size or objective); list each once")
+        raise ConfigError("the grid names a run twice (a repeated budget, size, seed or objective); list each once")
     return runs

@@ -55,7 +55,7 @@ def _c_grid(budgets: Sequence[float], pad: float = 1.5) -> np.ndarray:
 
 def plot_isoflop(path: str | pathlib.Path, rows: Mapping[str, Sequence[RunResult]], fits2: Mapping[str, Approach2Fit]) -> None:
     """Loss against non-embedding N at each budget, with the fitted parabolas (dotted when the budget is
-    flagged) and their vertices (stars); one panel per objective in `fits2`."""
+    flagged) and the vertices of the unflagged ones (stars); one panel per objective in `fits2`."""
     objectives = list(fits2)
     fig = Figure(figsize=(6.4 * len(objectives), 4.8), layout="constrained")
     axes = fig.subplots(1, len(objectives), squeeze=False)[0]
@@ -71,7 +71,7 @@ def plot_isoflop(path: str | pathlib.Path, rows: Mapping[str, Sequence[RunResult
             ax.plot(
                 n_grid, m.loss_at(n_grid), color=color, ls="-" if m.status == "ok" else ":", label=f"C = {sci(m.budget)}{flag}"
             )
-            if m.status != "concave":
+            if m.status == "ok":  # a flagged vertex lies off the sampled sizes and would only stretch the axis
                 ax.scatter([m.n_opt], [m.loss_opt], marker="*", s=160, color=color, edgecolor="black", zorder=4)
         ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters N")
@@ -196,6 +196,9 @@ def plot_loss_vs_compute(
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # The y range follows the runs (and the arrow), not a law's bootstrap band far out in extrapolation.
+    shown = [r.loss for runs in rows.values() for r in runs] + [float(x) for x in (multiplier.losses_K if multiplier else [])]
+    ax.set_ylim(min(shown) / 1.15, max(shown) * 1.15)
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)

@@ -14,6 +14,8 @@
   per budget around SMDM's digitised optima (MDM 84M-479M, AR 153M-1B; research/scaling.md).
 
 Recipe rules, applied per run by the planner (`scaling_laws/planner.py`):
+- every cell once per seed in `seeds` (the config's `seed`; runs of seeds other than 0 are named
+  `..._s<seed>`), so the fits pool the replicates;
 - peak lr = `lr * (lr_width / d_model) ** lr_exponent` (wider models get a smaller lr; exponent 0
   keeps one lr for all sizes, as SMDM does); cosine to `optim.min_lr_ratio` x peak over the run's
   own step count (the library's schedule);
@@ -51,6 +53,7 @@ class Preset:
     overrides: tuple[tuple[str, object], ...] = ()  # config keys set for every run (besides the planned ones)
     base_configs: tuple[tuple[str, str], ...] = (("mdm", "configs/default.py"), ("ar", "configs/ar.py"))
     objective_grids: tuple[tuple[str, Grid], ...] = ()  # an objective's own grid, in place of `grid` for its runs
+    seeds: tuple[int, ...] = (0,)  # every cell is trained once per seed (model init, data order, masks)
 
     def grid_for(self, objective: str) -> Grid:
         """The IsoFLOP grid of one objective's runs: its own if the preset gives one, else `grid`."""
@@ -77,7 +80,6 @@ _CPU_RECIPE = (
     ("train.keep_checkpoints", 1),
     ("train.progress_bar", False),
     ("sample.num_samples", 0),
-    ("seed", 0),
 )
 
 _GPU_RECIPE = (
@@ -94,7 +96,6 @@ _GPU_RECIPE = (
     ("train.keep_checkpoints", 1),
     ("train.progress_bar", False),
     ("sample.num_samples", 0),
-    ("seed", 0),
 )
 
 PRESETS: dict[str, Preset] = {

@@ -12,6 +12,7 @@ line, `error: ...`, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import pathlib
@@ -38,6 +39,7 @@ from scaling_laws.fits import (
     fit_multiplier,
     objectives_in,
     read_results,
+    replicate_spread,
     runs_of,
 )
 
@@ -228,6 +230,23 @@ def _markdown(
     )
     worst = max(abs(r.flops / r.budget - 1) for r in rows)
     out += [f"Largest deviation of a run's FLOPs from its budget: {worst:.2%} (the planner's rule is 1 %).", ""]
+    spreads = {o: replicate_spread(runs_of(rows, o)) for o in objectives_in(rows)}
+    if any(spreads.values()):
+        out += [
+            "## Seed spread",
+            "",
+            "Cells (objective, budget, N) trained with several seeds; all their runs enter the fits. Compare the pooled "
+            "standard deviation with the depth of the IsoFLOP curves: where it is comparable, a budget's minimum is noise.",
+            "",
+        ]
+        out += _table(
+            ["objective", "replicated cells", "runs", "pooled std (nats/token)", "largest range"],
+            [
+                [o, str(sp.cells), str(sp.runs), f"{sp.pooled_std:.4f}", f"{sp.max_range:.4f}"]
+                for o, sp in spreads.items()
+                if sp is not None
+            ],
+        )
     if flags:
         out += ["## Flags", "", *(f"- {f}" for f in flags), ""]
 
@@ -402,7 +421,14 @@ def build_report(
             "D_opt": "C / f(N_opt), f = FLOPs per token interpolated in log-log between a budget's runs",
             "intervals": INTERVAL_NOTE,
         },
-        "objectives": {o: {"approach2": approach2_json(fits2[o]), "approach3": approach3_json(fits3[o])} for o in objectives},
+        "objectives": {
+            o: {
+                "approach2": approach2_json(fits2[o]),
+                "approach3": approach3_json(fits3[o]),
+                "replicates": dataclasses.asdict(sp) if (sp := replicate_spread(by_objective[o])) else None,
+            }
+            for o in objectives
+        },
         "multiplier": multiplier_json(multiplier)
         if multiplier is not None
         else {"error": multiplier_error or "needs mdm and ar"},

@@ -7,9 +7,10 @@
     (then: python -m scaling_laws.report DIR)
 
 Flags: --objectives mdm,ar (default both), --budgets 1e11,3e11 and --sizes 19k,33k (replace the
-preset's grid), --convention full|6n, and any --config.KEY=VALUE, passed to every run (e.g. a
-corpus: --config.data.source=text --config.data.path='corpus/*.txt'). Keys the planner sets
-(shape, batch, steps, lr, warm-up, length) cannot be overridden that way.
+preset's grid), --seeds 0,1 (train every cell once per seed; replaces the preset's seeds),
+--convention full|6n, and any --config.KEY=VALUE, passed to every run (e.g. a corpus:
+--config.data.source=text --config.data.path='corpus/*.txt'). Keys the planner sets (shape, batch,
+steps, lr, warm-up, length, seed) cannot be overridden that way.
 
 Each run is a plain `train.py` run in DIR/runs/<name> (its log in DIR/runs/<name>/train.log). A run
 is finished when its metrics.jsonl holds the evaluation at its last step; `run` skips finished
@@ -50,6 +51,7 @@ RESULT_COLUMNS = fits.RESULT_COLUMNS + (
     "bits_per_byte",
     "lr",
     "warmup_steps",
+    "seed",
 )
 PLANNED_KEYS = (
     "objective",
@@ -63,6 +65,7 @@ PLANNED_KEYS = (
     "optim.lr",
     "optim.warmup_steps",
     "train.eval_every",
+    "seed",
 )
 
 
@@ -92,13 +95,14 @@ def plan(
     sizes: Sequence[str] = (),
     convention: str = "",
     extra: Sequence[tuple[str, str]] = (),
+    seeds: Sequence[int] = (),
 ) -> list[RunSpec]:
     """The sweep's run specs; each run's full config is built and validated before anything runs."""
     preset = get_preset(preset_name)
     for key, _ in extra:
         if key in PLANNED_KEYS:
             raise ConfigError(
-                f"--config.{key} is set by the sweep planner per run; change the preset or --budgets/--sizes instead"
+                f"--config.{key} is set by the sweep planner per run; change the preset or --budgets/--sizes/--seeds instead"
             )
     bad = [o for o in objectives if o not in OBJECTIVES]
     if bad:
@@ -117,6 +121,7 @@ def plan(
         tie_embeddings=probe.model.tie_embeddings,
         time_conditioning=probe.model.time_conditioning,
         convention=convention or None,
+        seeds=tuple(seeds) or None,
     )
     for spec in specs:
         run_config(spec, extra)
@@ -227,6 +232,7 @@ def result_row(spec: RunSpec, workdir: pathlib.Path, record: dict) -> dict:
         "bits_per_byte": record.get("eval/bits_per_byte", ""),
         "lr": spec.lr,
         "warmup_steps": spec.warmup_steps,
+        "seed": spec.seed,
     }
 
 
@@ -391,7 +397,7 @@ def write_script(
 # Command line
 
 
-FLAGS = {"preset": "", "sweep_dir": "", "objectives": "mdm,ar", "budgets": "", "sizes": "", "convention": ""}
+FLAGS = {"preset": "", "sweep_dir": "", "objectives": "mdm,ar", "budgets": "", "sizes": "", "seeds": "", "convention": ""}
 
 
 def _split(text: str) -> list[str]:
@@ -403,6 +409,13 @@ def _budgets(text: str) -> list[float]:
         return [float(t) for t in _split(text)]
     except ValueError:
         raise ConfigError(f"--budgets={text}: expects comma-separated FLOP counts, e.g. --budgets=1e11,3e11") from None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _split(text)]
+    except ValueError:
+        raise ConfigError(f"--seeds={text}: expects comma-separated integers, e.g. --seeds=0,1") from None
 
 
 def _body(argv: list[str]) -> None:
@@ -427,6 +440,7 @@ def _body(argv: list[str]) -> None:
         _split(flags["sizes"]),
         flags["convention"],
         extra,
+        _seeds(flags["seeds"]),
     )
     save_plan(sweep_dir, flags["preset"], specs, extra)
     if command == "plan":

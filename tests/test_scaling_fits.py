@@ -420,3 +420,25 @@ def test_report_cli_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: objective 'ar' has runs at 1 budget(s)") and err.count("\n") == 1
     assert not (tmp_path / "fits.json").exists()
+
+
+def test_replicate_spread_matches_pairwise_variance_and_the_noise_drawn(tmp_path):
+    sigma = 0.02
+    first = synthetic_runs(sizes=5, sigma=sigma, seed=0)
+    second = [dataclasses.replace(r, run=r.run + "_s1") for r in synthetic_runs(sizes=5, sigma=sigma, seed=1)]
+    spread = fits.replicate_spread(first + second)
+    # Independent recomputation: the unbiased variance of a pair is (a - b)^2 / 2.
+    diffs = np.array([a.loss - b.loss for a, b in zip(first, second)])
+    assert spread.cells == len(first) and spread.runs == 2 * len(first)
+    assert spread.pooled_std == pytest.approx(math.sqrt(np.mean(diffs**2 / 2)), rel=1e-12)
+    assert spread.max_range == pytest.approx(np.abs(diffs).max(), rel=1e-12)
+    # Loss noise is multiplicative exp(sigma z): the pooled std is sigma x the loss level, within sampling error.
+    level = np.mean([r.loss for r in first])
+    assert spread.pooled_std / level == pytest.approx(sigma, rel=0.35)
+    assert fits.replicate_spread(first) is None
+
+    fits.write_results(tmp_path / "results.csv", first + second)
+    assert report.main([str(tmp_path), "--bootstrap", "20", "--bootstrap3", "0"]) == 0
+    result = json.loads((tmp_path / "fits.json").read_text())
+    assert result["objectives"]["ar"]["replicates"]["pooled_std"] == pytest.approx(spread.pooled_std, rel=1e-12)
+    assert "## Seed spread" in (tmp_path / "report.md").read_text()

@@ -166,6 +166,21 @@ def test_objective_grids_replace_the_shared_one():
     assert [r.name for r in plan_sweep(preset, 259, sizes=("8k",))] == ["mdm_C1e9_8k", "ar_C1e9_8k", "ar_C2e9_8k"]
 
 
+def test_seeds_replicate_every_cell_with_only_the_seed_changed():
+    preset = dataclasses.replace(get_preset("mini"), seeds=(0, 1))
+    runs = plan_sweep(preset, 259, ("mdm",))
+    assert [(r.name, r.seed) for r in runs] == [("mdm_C1.3e8_8k", 0), ("mdm_C1.3e8_8k_s1", 1)]
+    a, b = (dict(r.overrides) for r in runs)
+    assert (a.pop("seed"), b.pop("seed")) == ("0", "1") and a == b
+    assert [r.name for r in plan_sweep(preset, 259, ("ar",), seeds=(2,))] == ["ar_C1.3e8_8k_s2"]
+    with pytest.raises(ConfigError, match="seeds must be non-negative"):
+        plan_sweep(preset, 259, seeds=(-1,))
+    with pytest.raises(ConfigError, match="list each once"):
+        plan_sweep(preset, 259, seeds=(1, 1))
+    with pytest.raises(ConfigError, match=r"--config.seed is set by the sweep planner.*--seeds"):
+        sweep.plan("mini", extra=[("seed", "3")])
+
+
 def test_lr_and_warmup_rules():
     smoke = get_preset("smoke")
     assert peak_lr(smoke, get_shape("1M")) == pytest.approx(2e-3)  # the reference width, 128
