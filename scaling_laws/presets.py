@@ -1,11 +1,12 @@
 """Sweep presets: the IsoFLOP grid (budgets x ladder sizes), batch, length and per-run recipe.
 
 - `smoke`: CPU, 3 budgets x 5 sizes x {MDM, AR} on the embedded byte corpus, batch 8 x 128,
-  about 30 minutes on 2 cores. Each budget's sizes bracket the optima a pilot on the same machine
-  found (scaling_laws/README.md); AR's sit one to two rungs above MDM's, so AR has its own grid.
-  Batch 8, not 32, because at these budgets a 4096-token batch leaves a few hundred steps and the
-  loss is limited by steps, not by size; budgets from 5e11, because below it tiny MDMs leave their
-  unigram plateau at seed-dependent times.
+  about 22 minutes on 2 cores (43 with `--seeds 0,1`, which tames the MDMs' seed noise). Each
+  budget's sizes bracket the optima a pilot on the same machine found (scaling_laws/README.md);
+  AR's sit one to two rungs above MDM's, so AR has its own grid. Batch 8, not 32, because at these
+  budgets a 4096-token batch leaves a few hundred steps and the loss is limited by steps, not by
+  size; budgets from 5e11, because below it tiny MDMs leave their unigram plateau at
+  seed-dependent times.
 - `mini`: one budget, one size, a handful of steps: the end-to-end test of the tooling.
 - `gpu_small`: 4 budgets (3e16-1e18) x 4-5 sizes (2M-142M) for one accelerator; give it a real
   corpus and tokenizer (`--config.data.source=... --config.data.tokenizer=...`).
@@ -103,7 +104,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             name="smoke",
-            description="CPU: 3 budgets x 5 sizes x {mdm, ar}, byte corpus, batch 8 x 128, ~30 min on 2 cores",
+            description="CPU: 3 budgets x 5 sizes x {mdm, ar}, byte corpus, batch 8 x 128, ~22 min on 2 cores",
             grid=(
                 (5e11, ("5k", "8k", "19k", "33k", "51k")),
                 (1e12, ("5k", "8k", "19k", "33k", "74k")),
