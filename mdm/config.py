@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from mdm.errors import ConfigError
+from mdm.networks.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from mdm.networks.transformer import REMAT_POLICIES
 from mdm.objectives import OBJECTIVES, mcd, nce
 
@@ -36,8 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.rope_base = 10_000.0
     c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32)
     c.model.remat = "none"  # rematerialise each block: 'none', 'full', or 'save_dots' (keep matmul outputs)
-    c.model.attention_chunk = 0  # >0: attention over this many sequences at a time (faster on CPU)
+    c.model.attention = "auto"  # 'auto' (cuDNN on NVIDIA GPUs, Splash on TPUs, chunked/XLA on CPUs), xla, chunked, cudnn, splash
+    c.model.attention_chunk = 0  # >0: sequences per chunk of the chunked attention ('auto' uses it on CPUs)
     c.model.init_std = 0.02
+    c.model.loss_chunk = 0  # positions per chunk of the output head in losses (0: auto, about 2^27 logits a chunk)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "linear"  # 'linear', 'cosine' or 'polynomial'
@@ -314,6 +317,14 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _require(
         not (c.objective == "ar" and m.time_conditioning),
         "model.time_conditioning=true needs objective='mdm' (an AR model has no t)",
+    )
+    _require(
+        m.attention in ATTENTION_IMPLEMENTATIONS,
+        f"model.attention={m.attention!r}: choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}",
+    )
+    _require(
+        m.loss_chunk >= 0 and (m.loss_chunk == 0 or c.data.seq_len % m.loss_chunk == 0),
+        f"model.loss_chunk={m.loss_chunk} must divide data.seq_len={c.data.seq_len} (or be 0: auto)",
     )
     _require(m.attention_chunk >= 0, f"model.attention_chunk={m.attention_chunk} must be >= 0 (0: whole batch)")
     _require(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: choose 'float32' or 'bfloat16'")

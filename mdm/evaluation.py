@@ -15,6 +15,7 @@ import numpy as np
 
 from mdm.data import MarkovLanguage
 from mdm.objectives import AutoregressiveObjective
+from mdm import precision
 
 
 def sample_entropy(tokens_NxL: np.ndarray, ignore: tuple[int, ...] = ()) -> dict[str, float]:
@@ -37,7 +38,8 @@ def generative_perplexity(
     evaluator: AutoregressiveObjective, params, tokens_NxL: np.ndarray, batch_size: int = 16
 ) -> dict[str, float]:
     """exp(sum of the AR evaluator's NLL / number of scored tokens) over all samples (PAD excluded)."""
-    nll_fn = jax.jit(lambda p, x: (evaluator.nll_per_example(p, x), evaluator.real_tokens(x).sum(-1)))
+    nll_and_count = lambda p, x: (evaluator.nll_per_example(p, x), evaluator.real_tokens(x).sum(-1))  # noqa: E731
+    nll_fn = jax.jit(precision.under("evaluation", nll_and_count))
     nats, count = 0.0, 0.0
     for start in range(0, len(tokens_NxL), batch_size):
         nll, n = nll_fn(params, jnp.asarray(tokens_NxL[start : start + batch_size], jnp.int32))

@@ -8,6 +8,7 @@ checkpoint onto any mesh, and `load_pretrained` restores another run's params fo
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -19,11 +20,13 @@ from mdm import data as mdm_data
 from mdm.checkpoint import Checkpointer, as_path
 from mdm.config import config_from_saved
 from mdm.errors import CheckpointError, ConfigError
-from mdm.networks import Transformer, TransformerConfig
+from mdm.networks import Transformer, TransformerConfig, attention
 from mdm.objectives import Objective, make_objective
 from mdm.optim import make_optimizer
 from mdm.sharding import DEFAULT_RULES, state_shardings
 from mdm.state import TrainState, init_state
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -36,9 +39,14 @@ class Experiment:
     optimizer: Any
 
 
-def model_config(config, vocab_size: int) -> TransformerConfig:
-    """The backbone's TransformerConfig from `config.model` (causal for the AR objective)."""
+def model_config(config, vocab_size: int, platform: str | None = None) -> TransformerConfig:
+    """The backbone's TransformerConfig from `config.model` (causal for the AR objective), with
+    `model.attention` resolved for `platform` (default: JAX's default backend)."""
     m = config.model
+    head_dim = m.d_model // m.num_heads
+    implementation, why = attention.choose(m.attention, platform or attention.platform(), m.dtype, head_dim, m.attention_chunk)
+    if why:
+        log.info("model.attention=auto uses %s: %s", implementation, why)
     return TransformerConfig(
         vocab_size=vocab_size,
         num_layers=m.num_layers,
@@ -52,6 +60,7 @@ def model_config(config, vocab_size: int) -> TransformerConfig:
         dtype=m.dtype,
         remat=m.remat,
         init_std=m.init_std,
+        attention=implementation,
         attention_chunk=m.attention_chunk,
     )
 

@@ -25,6 +25,7 @@ from mdm.objectives import Objective
 from mdm.samplers import EDLM_PRESETS, SampleOutput, SamplerSettings, make_sampler
 from mdm.samplers.importance import check_importance_settings
 from mdm.schedules import make_schedule
+from mdm import precision
 
 log = logging.getLogger("mdm")
 
@@ -180,7 +181,8 @@ def generate(
             )
         if np.any(canvas[np.argmax(canvas == mask) :] != mask) and np.any(canvas == mask):
             raise ConfigError("an AR model can only continue a prompt; --infill needs an MDM checkpoint")
-        fn = jax.jit(lambda p, ep, k, c: _ar_sampler(objective, length)(p, k, c, settings.token_draw))
+        ar = lambda p, ep, k, c: _ar_sampler(objective, length)(p, k, c, settings.token_draw)  # noqa: E731
+        fn = jax.jit(precision.under("sampling", ar))
     else:
         if settings.sampler == "edlm" and energy is None:
             raise ConfigError("--sampler edlm needs an energy: pass --energy ar|nce --energy_workdir DIR")
@@ -196,7 +198,7 @@ def generate(
             )
             return sampler(denoiser_fn(objective, p), k, c)
 
-        fn = jax.jit(sample)
+        fn = jax.jit(precision.under("sampling", sample))
     energy_params = energy.params if (energy is not None and settings.sampler == "edlm") else None
     base = jax.random.PRNGKey(seed)
     rows, nfe, energy_nfe, seconds = [], 0, 0, 0.0

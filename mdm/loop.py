@@ -29,13 +29,14 @@ from mdm.generation import generate, make_canvas
 from mdm.samplers import SamplerSettings
 from mdm.sharding import activation_sharding, batch_sharding, check_batch, global_batch, make_mesh, rules_from_config
 from mdm.state import init_state, make_train_step
+from mdm import precision
 
 log = logging.getLogger("mdm")
 
 
 def make_eval_fn(objective: Objective):
     """jit-compiled (params, batch, rng, frozen) -> pooled sums."""
-    return jax.jit(objective.eval_sums)
+    return jax.jit(precision.under("evaluation", objective.eval_sums))
 
 
 def evaluate(eval_fn, params, batches: list[dict], rng: jax.Array, prefix: str, frozen=None) -> dict[str, float]:
@@ -95,12 +96,13 @@ def _train_iterator(config, tokenizer):
 
 
 def _check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss) or not math.isfinite(float(metrics["grad_norm"])):
-        kept = f"the checkpoint at step {last_checkpoint} is kept" if last_checkpoint is not None else "no checkpoint was written"
+    values = {k: float(metrics[k]) for k in ("loss", "grad_norm", "params_norm")}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        kept = "no checkpoint was written" if last_checkpoint is None else f"the last good checkpoint is step {last_checkpoint}"
         raise TrainingError(
-            f"non-finite loss ({loss}) at step {step}; {kept}. Lower --config.optim.lr, "
-            "raise --config.optim.warmup_steps or use --config.model.dtype=float32"
+            f"non-finite {' and '.join(bad)} at step {step} (loss {values['loss']:.4g}, grad norm {values['grad_norm']:.4g}); "
+            f"{kept}. Lower --config.optim.lr or raise --config.optim.warmup_steps"
         )
 
 
@@ -149,7 +151,7 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
 
     replicated = NamedSharding(mesh, PartitionSpec())
     train_step = jax.jit(
-        make_train_step(exp.objective, exp.optimizer, config.optim.ema_decay, t.grad_accum),
+        precision.under("training", make_train_step(exp.objective, exp.optimizer, config.optim.ema_decay, t.grad_accum)),
         in_shardings=(shardings, batch_sharding(mesh), replicated),
         out_shardings=(shardings, replicated),
         donate_argnums=0,

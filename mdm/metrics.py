@@ -21,6 +21,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from mdm.errors import TrainingError
+
 LN2 = math.log(2.0)
 
 
@@ -37,6 +39,11 @@ def summarize_eval(sums: Mapping[str, float], prefix: str) -> dict[str, float]:
     tokens = float(sums["tokens"])
     if tokens <= 0:
         raise ValueError("evaluation saw no tokens; raise train.eval_batches or check the validation split")
+    if not all(math.isfinite(float(sums[k])) for k in ("nats", "nats_sq", "nats_tokens")):
+        raise TrainingError(
+            f"evaluation summed a non-finite NLL (nats={float(sums['nats'])}): the params hold NaN or Inf; "
+            "evaluate an earlier checkpoint (--step) or retrain with a lower --config.optim.lr"
+        )
     r = float(sums["nats"]) / tokens
     resid_sq = float(sums["nats_sq"]) - 2 * r * float(sums["nats_tokens"]) + r * r * float(sums["tokens_sq"])
     n_seq = float(sums["sequences"])

@@ -91,7 +91,8 @@ def make_train_step(
             ema_params=ema_update(state.ema_params, params, state.step, ema_decay),
             frozen=objective.update_frozen(state.step + 1, params, state.frozen),
         )
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+        # params_norm checks the updated state (NaN/Inf there must never reach a checkpoint).
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), params_norm=optax.tree.norm(params))
         return new_state, metrics
 
     return train_step

@@ -26,6 +26,7 @@ from mdm.errors import ConfigError
 from mdm.samplers import SamplerSettings, make_sampler
 from mdm.samplers.base import Denoiser, SampleOutput
 from mdm.schedules import make_schedule
+from mdm import precision
 
 Sampler = Callable[[Denoiser, jax.Array, jax.Array], SampleOutput]
 
@@ -120,7 +121,8 @@ def record_calls(sampler: Sampler, denoiser: Denoiser, keys_B: jax.Array, canvas
     sampler: any library sampler (e.g. from `make_sampler`); its output is the trajectory's last state.
     """
     recorder = CallRecorder()
-    out = jax.jit(lambda k, c: sampler(recorder.wrap(denoiser), k, c))(keys_B, jnp.asarray(canvas_BxL, jnp.int32))
+    run = jax.jit(precision.under("sampling", lambda k, c: sampler(recorder.wrap(denoiser), k, c)))
+    out = run(keys_B, jnp.asarray(canvas_BxL, jnp.int32))
     return recorder.finish(out, mask)
 
 
@@ -170,7 +172,7 @@ def record(
     base = jax.random.PRNGKey(seed)
     keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.arange(num_samples))
     canvas_b = jnp.broadcast_to(jnp.asarray(canvas, jnp.int32), (num_samples, length))
-    out = jax.jit(sample)(params, energy.params if use_energy else None, keys, canvas_b)
+    out = jax.jit(precision.under("sampling", sample))(params, energy.params if use_energy else None, keys, canvas_b)
     return recorder.finish(out, mask)
 
 

@@ -15,18 +15,26 @@ class _Cfg:
     time_conditioning: bool = False
 
 
-class FixedLogitsModel:
+class LogitsOracle:
+    """What objectives need of a model: `apply` gives logits, which are also its 'hidden states'
+    (`output_head` None: no projection is applied to them)."""
+
+    def output_head(self, params):
+        return None
+
+
+class FixedLogitsModel(LogitsOracle):
     """A 'network' that ignores its input: logits[l] is the same for every x_t."""
 
     def __init__(self, logits_LxV: np.ndarray):
         self.logits = jnp.asarray(logits_LxV, jnp.float32)
         self.cfg = _Cfg(vocab_size=logits_LxV.shape[-1])
 
-    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None):
+    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None, return_hidden=False):
         return jnp.broadcast_to(self.logits, tokens_BxL.shape + self.logits.shape[-1:])
 
 
-class JointOracleModel:
+class JointOracleModel(LogitsOracle):
     """The exact denoiser of a joint law over V^L: mu(x_t)^l[v] = P(x_l = v | unmasked x_t).
 
     The joint is enumerated (V^L sequences), so this is exact for tiny L and V.
@@ -37,7 +45,7 @@ class JointOracleModel:
         self.probs = np.asarray(probs, np.float64)
         self.cfg = _Cfg(vocab_size=vocab)
 
-    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None):
+    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None, return_hidden=False):
         mask = self.cfg.vocab_size
         seqs = jnp.asarray(self.seqs)
         ok = (tokens_BxL[:, None, :] == mask) | (tokens_BxL[:, None, :] == seqs[None])  # [B, S, L]
@@ -54,14 +62,14 @@ class JointOracleModel:
         return float(-(p * np.log(p)).sum())
 
 
-class MarkovOracleModel:
+class MarkovOracleModel(LogitsOracle):
     """The exact denoiser of a `MarkovLanguage`: forward-backward posteriors, via a host callback."""
 
     def __init__(self, language):
         self.language = language
         self.cfg = _Cfg(vocab_size=language.vocab)
 
-    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None):
+    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None, return_hidden=False):
         import jax
 
         mask = self.cfg.vocab_size

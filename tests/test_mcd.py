@@ -42,8 +42,11 @@ class TableDenoiser(nn.Module):
 
     cfg: _Cfg = _Cfg()
 
+    def output_head(self, params):
+        return None  # the table holds the logits themselves
+
     @nn.compact
-    def __call__(self, tokens_BxL, t_B=None, attention_mask_BxL=None):
+    def __call__(self, tokens_BxL, t_B=None, attention_mask_BxL=None, return_hidden=False):
         table = self.param("table", nn.initializers.zeros, ((V + 1) ** L, L, V))
         tokens_BxL = jnp.where(tokens_BxL > V, 0, tokens_BxL)
         return table[(tokens_BxL * (V + 1) ** jnp.arange(L - 1, -1, -1)).sum(-1)]

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mdm.errors import TrainingError
+from mdm.metrics import summarize_eval
 from mdm.networks import Transformer, TransformerConfig
 from mdm.objectives import AutoregressiveObjective, MaskedDiffusionObjective
 from mdm.schedules import make_schedule
@@ -65,7 +67,7 @@ def test_unmasked_positions_carry_over_and_add_nothing():
     x0 = jnp.asarray(np.random.default_rng(3).integers(0, V, (16, L)), jnp.int32)
 
     class Perturbed(FixedLogitsModel):
-        def apply(self, variables, tokens, t=None, attention_mask_BxL=None):
+        def apply(self, variables, tokens, t=None, attention_mask_BxL=None, return_hidden=False):
             out = super().apply(variables, tokens, t)
             return jnp.where((tokens == V)[..., None], out, out + 1e3 * jnp.arange(V))
 
@@ -78,7 +80,7 @@ def test_unmasked_positions_carry_over_and_add_nothing():
 class ParamLogitsModel(FixedLogitsModel):
     """Logits come from the params, so gradients show which positions enter the loss."""
 
-    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None):
+    def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None, return_hidden=False):
         return jnp.broadcast_to(variables["params"], tokens_BxL.shape + variables["params"].shape[-1:])
 
 
@@ -167,3 +169,16 @@ def test_markov_oracle_denoiser_scores_the_true_entropy_rate():
     exact = lang.entropy(L)
     assert abs(mean - exact) < 4 * se, (mean, exact, se)
     assert se < 0.02 * exact
+
+
+def test_nan_params_never_evaluate_as_perfect():
+    """A NaN network must not score 0 nats (a masked row's NaN used to be zeroed): the sums stay
+    NaN and the summary refuses them with one line."""
+    L, V = 6, 5
+    obj = _mdm(FixedLogitsModel(np.full((L, V), np.nan)))
+    x0 = jnp.asarray(np.random.default_rng(0).integers(0, V, (8, L)), jnp.int32)
+    sums = obj.eval_sums(None, {"tokens": x0}, jax.random.PRNGKey(0))
+    assert np.isnan(float(sums["nats"]))
+    with pytest.raises(TrainingError, match="non-finite") as err:
+        summarize_eval({k: float(v) for k, v in sums.items()}, "eval")
+    assert "\n" not in str(err.value)

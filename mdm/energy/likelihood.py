@@ -63,6 +63,7 @@ from mdm.samplers.ancestral import time_grid
 from mdm.samplers.base import Denoiser
 from mdm.samplers.categorical import sample_categorical
 from mdm.schedules import Schedule
+from mdm import precision
 
 LogNormaliser = Callable[[Array], Array]  # x_t int[B, L] -> log Z(x_t) float[B]
 
@@ -229,7 +230,6 @@ def likelihood_report(
     mask = mdm_objective.mask_id
     time_cond = model.cfg.time_conditioning
 
-    @jax.jit
     def one(params, energy_params, tokens, key):
         def den(x, t):
             mask_BxL = mdm_objective.attention_mask(x)
@@ -249,9 +249,10 @@ def likelihood_report(
             observed_BxL=~mdm_objective.real_tokens(tokens),
         )
 
+    one = jax.jit(precision.under("energy", one))
     nelbo_sums = {"nats": 0.0, "tokens": 0.0}
     parts: dict[str, list[np.ndarray]] = {"mdm": [], "edlm": [], "edlm_upper": [], "tokens": []}
-    eval_fn = jax.jit(mdm_objective.eval_sums)
+    eval_fn = jax.jit(precision.under("evaluation", mdm_objective.eval_sums))
     for i, batch in enumerate(batches):
         key = jax.random.fold_in(rng, i)
         sums = eval_fn(mdm_params, batch, key)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from mdm.energy import EnergyModel
-from mdm.networks.transformer import REMAT_POLICIES, Block, Linear, RMSNorm, TransformerConfig
+from mdm.networks.transformer import REMAT_POLICIES, Block, Linear, RMSNorm, TransformerConfig, key_lengths
 
 
 def _param(init_fn, names: tuple[str, ...]):
@@ -75,8 +75,9 @@ class EnergyNetwork(nn.Module):
 
         policy = REMAT_POLICIES[cfg.remat]
         block_cls = Block if policy is None else nn.remat(Block, policy=policy)
+        kv_lengths_B = key_lengths(attention_mask_BxL)
         for i in range(cfg.num_layers):
-            x_BxLxD = block_cls(cfg, name=f"block_{i}")(x_BxLxD, None, attention_mask_BxL)
+            x_BxLxD = block_cls(cfg, name=f"block_{i}")(x_BxLxD, None, kv_lengths_B)
             x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed_act"))
         x_BxLxD = RMSNorm(dt, name="final_norm")(x_BxLxD)
         # init_std 0: the zero-initialised projection (E starts constant across candidates).

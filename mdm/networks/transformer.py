@@ -1,8 +1,8 @@
 """One transformer backbone: bidirectional for the masked diffusion denoiser, causal for AR.
 
 Pre-norm blocks with RMSNorm, rotary position embeddings, SwiGLU MLPs and attention through
-`jax.nn.dot_product_attention`. The input vocabulary has one extra row (the mask id, `V`), the
-output has `V` logits, so the mask token can never be predicted. Optional time conditioning is
+`mdm.networks.attention.attend` (one implementation per backend). The input vocabulary has one
+extra row (the mask id, `V`), the output has `V` logits, so the mask token can never be predicted. Optional time conditioning is
 adaLN-zero (DiT): each block's norms get a shift, a scale and a gate from an embedding of t,
 initialised to zero so the network starts time-agnostic.
 
@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import Array
+
+from mdm.networks.attention import MaskSpec, attend
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # What a rematerialised block keeps for the backward pass: nothing ('full': recompute the whole
@@ -48,7 +50,8 @@ class TransformerConfig:
     dtype: str = "float32"
     remat: str = "none"  # a key of REMAT_POLICIES
     init_std: float = 0.02
-    attention_chunk: int = 0  # >0: attend over chunks of this many sequences (see `attend`)
+    attention: str = "xla"  # an implementation of mdm.networks.attention (already resolved, never 'auto')
+    attention_chunk: int = 0  # sequences per chunk of the 'chunked' attention
 
     @property
     def head_dim(self) -> int:
@@ -112,41 +115,9 @@ def rope(x_BxLxNxH: Array, base: float) -> Array:
     return out.astype(x_BxLxNxH.dtype)
 
 
-def _batch_shards() -> int:
-    """Ways the batch is split over devices under the ambient mesh and logical rules (1 if none)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return 1
-    axes = nn.logical_to_mesh_axes(("batch",))[0]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
-
-
-def attend(q: Array, k: Array, v: Array, key_mask_BxL: Array | None, causal: bool, chunk: int) -> Array:
-    """`jax.nn.dot_product_attention` over [B, L, N, H] inputs, optionally in batch chunks.
-
-    With `chunk` > 0 each device processes its rows `chunk` sequences at a time (the largest
-    divisor of its local batch not above it) under `jax.checkpoint`, so each chunk's L x L
-    scores stay in cache and are recomputed in the backward pass. On CPUs this is faster; on
-    accelerators leave it at 0. Chunk i holds rows i, i + m, i + 2m, ... (m chunks), so every
-    chunk spans all batch shards equally and the loop over chunks needs no communication.
-    """
-
-    def one(args):
-        q_, k_, v_, m_ = args
-        mask = None if m_ is None else m_[:, None, None, :]
-        return jax.nn.dot_product_attention(q_, k_, v_, mask=mask, is_causal=causal)
-
-    batch = q.shape[0]
-    shards = _batch_shards()
-    local = batch // shards if batch % shards == 0 else batch
-    if chunk <= 0 or chunk >= local:
-        return one((q, k, v, key_mask_BxL))
-    size = max(d for d in range(1, chunk + 1) if local % d == 0)
-    m = local // size  # chunks; divides the local batch, so row i + j m lives on shard j m // local
-    split = lambda x: None if x is None else x.reshape(batch // m, m, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
-    out = jax.lax.map(jax.checkpoint(one), tuple(split(x) for x in (q, k, v, key_mask_BxL)))
-    return out.swapaxes(0, 1).reshape(q.shape)
+def key_lengths(attention_mask_BxL: Array | None) -> Array | None:
+    """int32[B] real tokens per row from a right-padding key mask bool[B, L] (None: no padding)."""
+    return None if attention_mask_BxL is None else attention_mask_BxL.astype(jnp.int32).sum(-1)
 
 
 class Attention(nn.Module):
@@ -155,14 +126,14 @@ class Attention(nn.Module):
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, attention_mask_BxL: Array | None) -> Array:
+    def __call__(self, x_BxLxD: Array, kv_lengths_B: Array | None) -> Array:
         cfg = self.cfg
         qkv = Linear(
             (3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "heads", "kv"), 1, cfg.compute_dtype, cfg.init_std, name="qkv"
         )(x_BxLxD)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = rope(q, cfg.rope_base), rope(k, cfg.rope_base)
-        out_BxLxNxH = attend(q, k, v, attention_mask_BxL, cfg.causal, cfg.attention_chunk)
+        out_BxLxNxH = attend(q, k, v, kv_lengths_B, MaskSpec(causal=cfg.causal), cfg.attention, cfg.attention_chunk)
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         return Linear((cfg.d_model,), ("heads", "kv", "embed"), 2, cfg.compute_dtype, out_std, name="out")(out_BxLxNxH)
 
@@ -187,12 +158,12 @@ class Block(nn.Module):
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, cond_BxD: Array | None, attention_mask_BxL: Array | None) -> Array:
+    def __call__(self, x_BxLxD: Array, cond_BxD: Array | None, kv_lengths_B: Array | None) -> Array:
         cfg = self.cfg
         dt = cfg.compute_dtype
         if cond_BxD is None:
             h = RMSNorm(dt, name="attn_norm")(x_BxLxD)
-            x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(h, attention_mask_BxL)
+            x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(h, kv_lengths_B)
             h = RMSNorm(dt, name="mlp_norm")(x_BxLxD)
             return x_BxLxD + SwiGLU(cfg, name="mlp")(h)
         mod = nn.Dense(
@@ -204,7 +175,7 @@ class Block(nn.Module):
         )(cond_BxD)[:, None, :]
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
         h = RMSNorm(dt, name="attn_norm")(x_BxLxD) * (1 + scale1) + shift1
-        x_BxLxD = x_BxLxD + gate1 * Attention(cfg, name="attn")(h, attention_mask_BxL)
+        x_BxLxD = x_BxLxD + gate1 * Attention(cfg, name="attn")(h, kv_lengths_B)
         h = RMSNorm(dt, name="mlp_norm")(x_BxLxD) * (1 + scale2) + shift2
         return x_BxLxD + gate2 * SwiGLU(cfg, name="mlp")(h)
 
@@ -217,13 +188,48 @@ def timestep_embedding(t_B: Array, dim: int, max_period: float = 10_000.0) -> Ar
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-class Transformer(nn.Module):
-    """tokens int[B, L] (ids 0..V, V = mask) [, t float[B]] -> logits float32[B, L, V]."""
+class HeadKernel(nn.Module):
+    """The untied output projection's kernel float32[D, V] (params path head/kernel)."""
 
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, tokens_BxL: Array, t_B: Array | None = None, attention_mask_BxL: Array | None = None) -> Array:
+    def __call__(self) -> Array:
+        init = _param(nn.initializers.normal(self.cfg.init_std), ("embed", "vocab"))
+        return self.param("kernel", init, (self.cfg.d_model, self.cfg.vocab_size))
+
+
+def project(x_BxLxD: Array, head_DxV: Array, dtype) -> Array:
+    """logits float32[B, L, V] = x @ head, operands in `dtype`, accumulated in float32."""
+    batch, length, d = x_BxLxD.shape
+    x = x_BxLxD.reshape(-1, d).astype(dtype)
+    logits = jnp.dot(x, head_DxV.astype(dtype), preferred_element_type=jnp.float32)
+    return logits.reshape(batch, length, -1)
+
+
+class Transformer(nn.Module):
+    """tokens int[B, L] (ids 0..V, V = mask) [, t float[B]] -> logits float32[B, L, V].
+
+    With `return_hidden=True` it returns the final (normed, modulated) hidden states
+    [B, L, D] in the compute dtype instead, for losses that apply the head in chunks
+    (`output_head` gives the head from the params).
+    """
+
+    cfg: TransformerConfig
+
+    def output_head(self, params) -> Array:
+        """The output projection float32[D, V] held in `params` (what `return_hidden` leaves out)."""
+        cfg = self.cfg
+        return nn.unbox(params["embedding"])[: cfg.vocab_size].T if cfg.tie_embeddings else nn.unbox(params["head"]["kernel"])
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens_BxL: Array,
+        t_B: Array | None = None,
+        attention_mask_BxL: Array | None = None,
+        return_hidden: bool = False,
+    ) -> Array:
         cfg = self.cfg
         dt = cfg.compute_dtype
         embed_VxD = self.param(
@@ -250,8 +256,9 @@ class Transformer(nn.Module):
 
         policy = REMAT_POLICIES[cfg.remat]
         block_cls = Block if policy is None else nn.remat(Block, policy=policy)
+        kv_lengths_B = key_lengths(attention_mask_BxL)
         for i in range(cfg.num_layers):
-            x_BxLxD = block_cls(cfg, name=f"block_{i}")(x_BxLxD, cond_BxD, attention_mask_BxL)
+            x_BxLxD = block_cls(cfg, name=f"block_{i}")(x_BxLxD, cond_BxD, kv_lengths_B)
             x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed_act"))
 
         x_BxLxD = RMSNorm(dt, name="final_norm")(x_BxLxD)
@@ -265,11 +272,8 @@ class Transformer(nn.Module):
             )(cond_BxD)[:, None, :]
             shift, scale = jnp.split(mod, 2, axis=-1)
             x_BxLxD = x_BxLxD * (1 + scale) + shift
-        if cfg.tie_embeddings:
-            head_VxD = embed_VxD[: cfg.vocab_size]
-            batch, length, d = x_BxLxD.shape
-            logits = (x_BxLxD.reshape(-1, d) @ head_VxD.astype(dt).T).reshape(batch, length, -1)
-        else:
-            logits = Linear((cfg.vocab_size,), ("embed", "vocab"), 1, dt, cfg.init_std, name="head")(x_BxLxD)
-        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-        return logits.astype(jnp.float32)
+        if return_hidden:
+            return x_BxLxD
+        head_DxV = embed_VxD[: cfg.vocab_size].T if cfg.tie_embeddings else HeadKernel(cfg, name="head")()
+        logits = nn.with_logical_constraint(project(x_BxLxD, head_DxV, dt), ("batch", "length", "vocab"))
+        return logits

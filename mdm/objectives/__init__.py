@@ -6,7 +6,7 @@ from mdm.errors import ConfigError
 from mdm.networks import Transformer
 from mdm.objectives import mcd, nce
 from mdm.objectives.ar import AutoregressiveObjective
-from mdm.objectives.base import EVAL_SUM_KEYS, Objective
+from mdm.objectives.base import EVAL_SUM_KEYS, Objective, shared_fields
 from mdm.objectives.mdm import MaskedDiffusionObjective
 from mdm.schedules import make_schedule
 
@@ -17,12 +17,7 @@ OBJECTIVES = ("mdm", "ar", "mcd", "edlm_nce")
 
 def make_objective(config, model: Transformer, pad_id: int, token_bytes) -> Objective:
     """Builds the objective named by `config.objective` for `model`."""
-    common = dict(
-        model=model,
-        pad_id=pad_id,
-        token_bytes=tuple(int(b) for b in token_bytes),
-        mask_padding=config.data.mode == "pad",
-    )
+    common = dict(model=model, **shared_fields(config, pad_id, token_bytes))
     if config.objective == "mdm":
         d = config.diffusion
         return MaskedDiffusionObjective(

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from mdm import process
-from mdm.objectives.base import Objective, per_example_sums, token_nll
+from mdm.objectives.base import Objective, per_example_sums
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -23,9 +23,7 @@ class AutoregressiveObjective(Objective):
         """float32[B]: -log p(x) summed over the non-padding positions."""
         start = jnp.full_like(tokens_BxL[:, :1], process.mask_id(self.vocab_size))
         inputs = jnp.concatenate([start, tokens_BxL[:, :-1]], axis=1)
-        logits = self.model.apply({"params": params}, inputs, None, attention_mask_BxL=None)
-        nll = jnp.where(self.real_tokens(tokens_BxL), token_nll(logits, tokens_BxL), 0.0)
-        return nll.sum(-1)
+        return self.token_nll(params, inputs, tokens_BxL, needed_BxL=self.real_tokens(tokens_BxL)).sum(-1)
 
     def loss(self, params, batch, rng, frozen=None):
         del rng  # deterministic objective

@@ -23,23 +23,16 @@ import dataclasses
 from typing import Any, ClassVar
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import Array
 
 from mdm.networks import Transformer
+from mdm.objectives.chunked_loss import chunked_token_nll
 
 Params = Any
 Metrics = dict[str, Array]
 
 EVAL_SUM_KEYS = ("nats", "tokens", "bytes", "nats_sq", "nats_tokens", "tokens_sq", "sequences")
-
-
-def token_nll(logits_BxLxV: Array, targets_BxL: Array) -> Array:
-    """-log softmax(logits)[target], float32[B, L]."""
-    logits = logits_BxLxV.astype(jnp.float32)
-    picked = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits, axis=-1) - picked
 
 
 def per_example_sums(nats_B: Array, tokens_B: Array, bytes_B: Array) -> Metrics:
@@ -57,6 +50,16 @@ def per_example_sums(nats_B: Array, tokens_B: Array, bytes_B: Array) -> Metrics:
     }
 
 
+def shared_fields(config, pad_id: int, token_bytes) -> dict[str, Any]:
+    """The `Objective` fields every objective takes from a run's config (model aside)."""
+    return dict(
+        pad_id=pad_id,
+        token_bytes=tuple(int(b) for b in token_bytes),
+        mask_padding=config.data.mode == "pad",
+        loss_chunk=config.model.loss_chunk,
+    )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Objective(abc.ABC):
     """A model, its special ids and the per-token byte lengths used for bits/byte."""
@@ -68,6 +71,7 @@ class Objective(abc.ABC):
     pad_id: int
     token_bytes: tuple[int, ...]
     mask_padding: bool = False
+    loss_chunk: int = 0  # positions per chunk of the head in `token_nll` (0: auto)
 
     @property
     def vocab_size(self) -> int:
@@ -80,6 +84,22 @@ class Objective(abc.ABC):
     def attention_mask(self, tokens_BxL: Array) -> Array | None:
         """Key mask that hides padding (only in pad mode; packed batches have none)."""
         return self.real_tokens(tokens_BxL) if self.mask_padding else None
+
+    def token_nll(
+        self,
+        params: Params,
+        inputs_BxL: Array,
+        targets_BxL: Array,
+        t_B: Array | None = None,
+        attention_mask_BxL: Array | None = None,
+        needed_BxL: Array | None = None,
+    ) -> Array:
+        """float32[B, L]: -log p(target | inputs) per position under `model`, the head applied in
+        chunks (no [B, L, V] logits); 0 where `needed_BxL` is False. `t_B` reaches the network only
+        if it is time-conditioned."""
+        t_in = t_B if self.model.cfg.time_conditioning else None
+        hidden = self.model.apply({"params": params}, inputs_BxL, t_in, attention_mask_BxL=attention_mask_BxL, return_hidden=True)
+        return chunked_token_nll(hidden, self.model.output_head(params), targets_BxL, self.loss_chunk, needed_BxL)
 
     def bytes_per_example(self, tokens_BxL: Array) -> Array:
         """int32[B]: UTF-8 bytes each sequence stands for (specials count 0)."""

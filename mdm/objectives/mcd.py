@@ -53,7 +53,8 @@ from jax.sharding import PartitionSpec
 
 from mdm import duality, process
 from mdm.errors import ConfigError
-from mdm.objectives.base import token_nll
+from mdm.objectives.base import shared_fields
+from mdm.objectives.chunked_loss import chunked_token_values, head_logits, nll_from_logits, resolve_chunk
 from mdm.objectives.mdm import MaskedDiffusionObjective
 from mdm.samplers.ancestral import GRIDS
 from mdm.samplers.categorical import sample_categorical
@@ -124,7 +125,7 @@ def consistency_token_losses(
     masked_s = (z_s_BxL == mask) & real_BxL
     revealed = masked_t & ~masked_s
     both = masked_t & masked_s
-    ce = token_nll(student_logits_BxLxV, x0_BxL)
+    ce = nll_from_logits(student_logits_BxLxV, x0_BxL)
     div = token_divergence(student_logits_BxLxV, teacher_logits_BxLxV, divergence)
     return jnp.where(revealed, ce, jnp.where(both, div, 0.0)), revealed, both
 
@@ -203,9 +204,20 @@ class ConsistencyDistillationObjective(MaskedDiffusionObjective):
 
     # -- the per-batch loss --------------------------------------------------------------------
 
-    def _apply(self, params, z_BxL: Array, t_B: Array, tokens_BxL: Array) -> Array:
+    def _apply(self, params, z_BxL: Array, t_B: Array, tokens_BxL: Array, return_hidden: bool = False) -> Array:
         t_in = t_B if self.model.cfg.time_conditioning else None
-        return self.model.apply({"params": params}, z_BxL, t_in, attention_mask_BxL=self.attention_mask(tokens_BxL))
+        mask = self.attention_mask(tokens_BxL)
+        return self.model.apply({"params": params}, z_BxL, t_in, attention_mask_BxL=mask, return_hidden=return_hidden)
+
+    def _logits_fn(self, params, scale: Array | float = 1.0):
+        """hidden [B, C, D] -> float32 logits [B, C, V] / scale under `params`' head."""
+        head_DxV = self.model.output_head(params)
+        return lambda h: head_logits(h, head_DxV) / scale
+
+    def _chunked(self, fn, xs: tuple, needed_BxL: Array) -> Array:
+        """`chunked_token_values` with the objective's chunk size (the head applied a chunk at a time)."""
+        batch, length = needed_BxL.shape
+        return chunked_token_values(fn, xs, resolve_chunk(self.loss_chunk, batch, length, self.vocab_size), needed_BxL)
 
     def grid_coordinate(self, t_B: Array) -> Array:
         """u with grid_time(u) = t (the inverse of `grid_time` on [0, 1])."""
@@ -261,14 +273,22 @@ class ConsistencyDistillationObjective(MaskedDiffusionObjective):
             method=self.coupling,
             vocab_size=self.vocab_size,
         )
-        student = self._apply(params, z_t, t_B, tokens_BxL)
+        student_hidden = self._apply(params, z_t, t_B, tokens_BxL, return_hidden=True)
+        student = self._logits_fn(params)
         masked_t = (z_t == self.mask_id) & real
         num_tokens = jnp.maximum(real.sum(), 1)
         if self.target == "consistency":
-            teacher_logits = jax.lax.stop_gradient(self._apply(teacher, z_s, s_B, tokens_BxL)) / tau
-            per_pos, revealed, both = consistency_token_losses(
-                student, teacher_logits, tokens_BxL, z_t, z_s, mask=self.mask_id, real_BxL=real, divergence=self.divergence
-            )
+            teacher_hidden = jax.lax.stop_gradient(self._apply(teacher, z_s, s_B, tokens_BxL, return_hidden=True))
+            teacher_logits = self._logits_fn(jax.lax.stop_gradient(teacher), tau)
+
+            def chunk_losses(h_s, h_t, x0, zt, zs, re):
+                return consistency_token_losses(
+                    student(h_s), teacher_logits(h_t), x0, zt, zs, mask=self.mask_id, real_BxL=re, divergence=self.divergence
+                )[0]
+
+            per_pos = self._chunked(chunk_losses, (student_hidden, teacher_hidden, tokens_BxL, z_t, z_s, real), masked_t)
+            masked_s = (z_s == self.mask_id) & real
+            revealed, both = masked_t & ~masked_s, masked_t & masked_s
             metrics = {
                 "ce": _mean(jnp.where(revealed, per_pos, 0.0).sum(), revealed.sum()),
                 "divergence": _mean(jnp.where(both, per_pos, 0.0).sum(), both.sum()),
@@ -277,7 +297,8 @@ class ConsistencyDistillationObjective(MaskedDiffusionObjective):
             }
         else:
             target = self.stochastic_target(teacher, tokens_BxL, z_t, t_B, s_B, tau, k_target)
-            per_pos = jnp.where(masked_t, token_divergence(student, target, self.divergence), 0.0)
+            div = lambda h, tg: token_divergence(student(h), tg, self.divergence)  # noqa: E731
+            per_pos = self._chunked(div, (student_hidden, target), masked_t)
             metrics = {"divergence": _mean(per_pos.sum(), masked_t.sum())}
         loss = per_pos.sum() / num_tokens
         metrics.update(loss=loss, masked_fraction=masked_t.sum() / num_tokens)
@@ -433,9 +454,7 @@ def from_config(config, model, pad_id: int, token_bytes) -> ConsistencyDistillat
         )
     objective = ConsistencyDistillationObjective(
         model=model,
-        pad_id=pad_id,
-        token_bytes=tuple(int(b) for b in token_bytes),
-        mask_padding=config.data.mode == "pad",
+        **shared_fields(config, pad_id, token_bytes),
         schedule=make_schedule(d.schedule, d.eps, d.power),
         t_min=d.t_min,
         eval_t_samples=d.eval_t_samples,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from mdm import process
-from mdm.objectives.base import Objective, per_example_sums, token_nll
+from mdm.objectives.base import Objective, per_example_sums
 from mdm.schedules import Schedule
 
 
@@ -40,11 +40,10 @@ class MaskedDiffusionObjective(Objective):
     def nelbo_per_example(self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array) -> Array:
         """float32[B]: w(t_b) * sum of -log mu at the masked positions of x_t ~ q(.|x_0, t_b)."""
         x_t = process.forward_mask(tokens_BxL, self.schedule.mask_prob(t_B), uniforms_BxL, self.mask_id, self.pad_id)
-        t_in = t_B if self.model.cfg.time_conditioning else None
-        logits = self.model.apply({"params": params}, x_t, t_in, attention_mask_BxL=self.attention_mask(tokens_BxL))
-        nll_B = jnp.where(x_t == self.mask_id, token_nll(logits, tokens_BxL), 0.0).sum(-1)
-        # A row with no mask adds 0 even where the weight is huge (t -> 0).
-        return jnp.where(nll_B > 0, self.schedule.weight(t_B) * nll_B, 0.0)
+        masked_BxL = x_t == self.mask_id
+        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, self.attention_mask(tokens_BxL), needed_BxL=masked_BxL).sum(-1)
+        # A row with no mask adds 0 even where the weight is huge (t -> 0); a NaN stays NaN.
+        return jnp.where(masked_BxL.any(-1), self.schedule.weight(t_B) * nll_B, 0.0)
 
     def loss(self, params, batch, rng, frozen=None):
         tokens = batch["tokens"]

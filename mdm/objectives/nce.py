@@ -35,7 +35,7 @@ from mdm import process
 from mdm.energy.network import EnergyNetwork, copy_backbone
 from mdm.errors import ConfigError
 from mdm.networks import Transformer
-from mdm.objectives.base import Objective, per_example_sums
+from mdm.objectives.base import Objective, per_example_sums, shared_fields
 from mdm.samplers.categorical import sample_categorical
 from mdm.schedules import Schedule, make_schedule
 
@@ -184,7 +184,5 @@ def from_config(config, model: Transformer, pad_id: int, token_bytes) -> NCEObje
         schedule=make_schedule(d.schedule, d.eps, d.power),
         t_min=d.t_min,
         num_negatives=config.nce.num_negatives,
-        pad_id=pad_id,
-        token_bytes=tuple(int(b) for b in token_bytes),
-        mask_padding=config.data.mode == "pad",
+        **shared_fields(config, pad_id, token_bytes),
     )

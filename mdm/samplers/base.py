@@ -63,8 +63,42 @@ def random_positions_rank(keys_B: Array, is_masked_BxL: Array) -> Array:
     """int32[B, L]: a uniformly random order of each row's masked positions (0 = first).
 
     Unmasked positions rank after all masked ones. Taking rank < k picks k distinct masked
-    positions uniformly at random.
+    positions uniformly at random. The order is exactly uniform (see `_uniform_rank_row`), not
+    merely up to float ties. One key per row, static shapes, jittable.
     """
-    noise = jax.vmap(lambda k, m: jax.random.uniform(k, m.shape))(keys_B, is_masked_BxL)
-    noise = jnp.where(is_masked_BxL, noise, 2.0)
-    return jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1).astype(jnp.int32)
+    return jax.vmap(_uniform_rank_row)(keys_B, is_masked_BxL)
+
+
+def _uniform_rank_row(key: Array, is_masked_L: Array, word_bits: int = 32) -> Array:
+    """int32[L]: rank of each position in an exactly uniform random order of the masked ones.
+
+    Each masked position gets an iid 64-bit key (two uint32 words from `jax.random.bits`) and
+    the masked positions are sorted by it. If two masked keys tie (probability about
+    m^2 / 2^65 for m masked positions, ~2^-37 at m = 16k) the whole draw is rejected and redrawn
+    from fold_in(key, attempt): given that all keys are distinct, iid keys are exchangeable, so
+    the sorted order is exactly a uniform permutation, and no index-based tie-break can bias
+    it. Unmasked positions sort after the masked ones (by index). `word_bits` < 32 keeps only
+    that many low bits per word; it exists so tests can force ties (it needs
+    2^(2 word_bits) >= m, or no draw is tie-free).
+    """
+    length = is_masked_L.shape[0]
+    pos = jnp.arange(length, dtype=jnp.int32)
+    unmasked = jnp.where(is_masked_L, 0, 1).astype(jnp.uint32)
+
+    def draw(attempt):
+        bits = jax.random.bits(jax.random.fold_in(key, attempt), (2, length), jnp.uint32)
+        if word_bits < 32:
+            bits = bits & jnp.uint32((1 << word_bits) - 1)
+        hi, lo = (jnp.where(is_masked_L, w, jnp.uint32(0)) for w in bits)
+        s_un, s_hi, s_lo, order = jax.lax.sort((unmasked, hi, lo, pos), num_keys=3, is_stable=True)
+        # Masked positions come first, so a masked pair is adjacent with s_un == 0 on both sides.
+        tie = jnp.any((s_un[1:] == 0) & (s_hi[1:] == s_hi[:-1]) & (s_lo[1:] == s_lo[:-1]))
+        return order, tie
+
+    def redraw(carry):
+        attempt, _, _ = carry
+        return (attempt + 1, *draw(attempt))
+
+    order, tie = draw(jnp.int32(0))
+    _, order, _ = jax.lax.while_loop(lambda c: c[2], redraw, (jnp.int32(1), order, tie))
+    return jnp.zeros(length, jnp.int32).at[order].set(pos)

@@ -1,0 +1,240 @@
+"""Scaled dot-product attention with one implementation per backend, behind one function.
+
+`attend(q, k, v, kv_lengths_B, mask, implementation, chunk)` is what the backbone calls in
+training, evaluation and sampling. Implementations:
+- 'xla': `jax.nn.dot_product_attention(implementation='xla')`; materialises the f32 [B, N, L, L]
+  scores. The reference every other path is tested against.
+- 'chunked': the XLA path over `chunk` sequences at a time under `jax.checkpoint`, so each
+  chunk's scores stay in cache (faster on CPUs).
+- 'cudnn': cuDNN flash attention (NVIDIA GPUs; bf16/fp16, head dim a multiple of 8 up to 256).
+- 'splash': Pallas Splash attention (TPUs; sequence a multiple of 128), block-sparse: tiles the
+  mask hides are skipped.
+'auto' (`choose`) picks cuDNN on NVIDIA GPUs, Splash on TPUs, chunked or XLA on CPUs.
+
+Padding is always a suffix of each row and is given as per-row key lengths (int32[B]), never as
+a dense mask: cuDNN gets `key_value_seq_lengths`, Splash gets segment ids. The pattern of which
+query sees which key is a `MaskSpec`: bidirectional, causal, or block-causal (query block i sees
+key blocks <= i), computable from indices so no backend needs an L x L array it can avoid.
+Shapes: B batch, L length, N heads, H head dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from mdm.errors import ConfigError
+
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
+_CUDNN_DTYPES = ("bfloat16",)  # of the backbone's compute dtypes, those cuDNN flash attention takes
+_SPLASH_BLOCK = 128
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """Which keys a query may see (before padding): all, the causal prefix, or whole blocks.
+
+    `block_size` > 0 makes it block-causal: query q sees key k iff k // block_size <= q // block_size
+    (block_size 1 is causal; block_size L is bidirectional).
+    """
+
+    causal: bool = False
+    block_size: int = 0
+
+    def __post_init__(self):
+        if self.causal and self.block_size:
+            raise ValueError("MaskSpec: choose causal or block_size, not both")
+
+    @property
+    def bidirectional(self) -> bool:
+        return not self.causal and self.block_size == 0
+
+    def allowed(self, q_idx, k_idx):
+        """Elementwise bool: may query q_idx see key k_idx (NumPy or JAX integer arrays)."""
+        if self.causal:
+            return k_idx <= q_idx
+        if self.block_size:
+            return k_idx // self.block_size <= q_idx // self.block_size
+        return (q_idx >= 0) & (k_idx >= 0)
+
+    def dense(self, length: int) -> Array:
+        """bool[L, L] of `allowed` (the XLA and cuDNN route for block-causal masks)."""
+        idx = jnp.arange(length)
+        return self.allowed(idx[:, None], idx[None, :])
+
+
+def platform() -> str:
+    """'gpu' for NVIDIA GPUs (where cuDNN exists), else JAX's backend name ('cpu', 'tpu', 'rocm')."""
+    backend = jax.default_backend()
+    if backend == "gpu" and "rocm" in jax.devices()[0].client.platform_version.lower():
+        return "rocm"
+    return backend
+
+
+def choose(requested: str, platform: str, dtype: str, head_dim: int, chunk: int) -> tuple[str, str | None]:
+    """(implementation to run, why 'auto' did not take the backend's fast path or None).
+
+    An explicit request the platform or shapes cannot run raises a one-line ConfigError.
+    """
+    if requested not in IMPLEMENTATIONS:
+        raise ConfigError(f"model.attention={requested!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
+    cudnn_problem = _cudnn_problem(platform, dtype, head_dim)
+    if requested == "cudnn" and cudnn_problem:
+        raise ConfigError(f"model.attention='cudnn': {cudnn_problem}; use model.attention=auto or xla")
+    if requested == "splash" and platform != "tpu":
+        raise ConfigError(f"model.attention='splash' runs on TPUs, this is {platform}; use model.attention=auto or xla")
+    if requested == "chunked" and chunk <= 0:
+        raise ConfigError("model.attention='chunked' needs model.attention_chunk > 0 (sequences per chunk, e.g. 4)")
+    if requested != "auto":
+        return requested, None
+    if platform == "gpu":
+        return ("xla", f"cuDNN flash attention unavailable ({cudnn_problem})") if cudnn_problem else ("cudnn", None)
+    if platform == "tpu":
+        return "splash", None
+    return ("chunked" if chunk > 0 else "xla"), None
+
+
+def _cudnn_problem(platform: str, dtype: str, head_dim: int) -> str | None:
+    if platform != "gpu":
+        return f"cuDNN runs on NVIDIA GPUs, this is {platform}"
+    if dtype not in _CUDNN_DTYPES:
+        return f"it needs model.dtype=bfloat16, not {dtype}"
+    if head_dim % 8 or head_dim > 256:
+        return f"head dim {head_dim} must be a multiple of 8 and at most 256 (change model.d_model/num_heads)"
+    return None
+
+
+@functools.cache
+def _note(message: str) -> None:
+    """Logs a fallback once per distinct message (tracing can repeat it)."""
+    log.warning(message)
+
+
+def attend(
+    q: Array, k: Array, v: Array, kv_lengths_B: Array | None, mask: MaskSpec, implementation: str, chunk: int = 0
+) -> Array:
+    """softmax(q k^T / sqrt(H) + mask) v over [B, L, N, H] inputs with `implementation`.
+
+    `kv_lengths_B`: int32[B] real tokens per row (padding is a suffix), or None for none. Output
+    rows at padding positions are unspecified (every implementation gives finite values).
+    """
+    if implementation == "splash" and q.shape[1] % _SPLASH_BLOCK:
+        _note(f"splash attention needs a length divisible by {_SPLASH_BLOCK}, got {q.shape[1]}: using xla")
+        implementation = "xla"
+    if implementation == "cudnn" and mask.block_size and q.shape[1] % 2:
+        _note(f"cuDNN with a block-causal mask needs an even length, got {q.shape[1]}: using xla")
+        implementation = "xla"
+    if implementation == "splash":
+        return splash_attention(q, k, v, kv_lengths_B, mask)
+    if implementation == "chunked":
+        return _batch_chunked(functools.partial(_jax_attention, mask=mask, implementation="xla"), (q, k, v, kv_lengths_B), chunk)
+    return _jax_attention(q, k, v, kv_lengths_B, mask=mask, implementation=implementation)
+
+
+def _jax_attention(q: Array, k: Array, v: Array, kv_lengths_B: Array | None, *, mask: MaskSpec, implementation: str) -> Array:
+    """`jax.nn.dot_product_attention` ('xla' or 'cudnn'); a block-causal mask goes in densely
+    (cuDNN turns it into a bias and cannot skip tiles)."""
+    dense = None if not mask.block_size else mask.dense(q.shape[1])[None, None]
+    lengths = None if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32)
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=dense, is_causal=mask.causal, key_value_seq_lengths=lengths, implementation=implementation
+    )
+
+
+def batch_shards() -> int:
+    """Ways the batch is split over devices under the ambient mesh and logical rules (1 if none)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    axes = nn.logical_to_mesh_axes(("batch",))[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
+def _batch_chunked(fn, args: tuple, chunk: int) -> Array:
+    """`fn(*args)` over batch chunks of about `chunk` rows, each under `jax.checkpoint`.
+
+    Each device processes its rows `chunk` at a time (the largest divisor of its local batch not
+    above it). Chunk i holds rows i, i + m, i + 2m, ... (m chunks), so every chunk spans all batch
+    shards equally and the loop over chunks needs no communication.
+    """
+    q = args[0]
+    batch = q.shape[0]
+    shards = batch_shards()
+    local = batch // shards if batch % shards == 0 else batch
+    if chunk <= 0 or chunk >= local:
+        return fn(*args)
+    size = max(d for d in range(1, chunk + 1) if local % d == 0)
+    m = local // size  # chunks; divides the local batch, so row i + j m lives on shard j m // local
+    split = lambda x: None if x is None else x.reshape(batch // m, m, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
+    out = jax.lax.map(jax.checkpoint(lambda a: fn(*a)), tuple(split(x) for x in args))
+    return out.swapaxes(0, 1).reshape(q.shape)
+
+
+def splash_attention(
+    q: Array, k: Array, v: Array, kv_lengths_B: Array | None, mask: MaskSpec, interpret: bool = False
+) -> Array:
+    """Pallas Splash attention over [B, L, N, H] (L a multiple of 128); `interpret=True` runs the
+    kernel on any backend (slowly), which is how CPU tests check it. Padding becomes segment ids
+    (real tokens 1, the padding suffix 0): padded queries see only padding, real ones never do."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+    batch, length, heads, head_dim = q.shape
+    kernel = _splash_kernel(length, heads, mask, interpret)
+    q = q * jnp.asarray(1.0 / math.sqrt(head_dim), q.dtype)  # the kernel does not scale the logits
+    q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))  # [B, N, L, H]
+    if kv_lengths_B is None:
+        out = jax.vmap(kernel)(q, k, v)
+    else:
+        ids_BxL = (jnp.arange(length)[None, :] < kv_lengths_B[:, None]).astype(jnp.int32)
+        out = jax.vmap(lambda q_, k_, v_, s_: kernel(q_, k_, v_, segment_ids=sk.SegmentIds(q=s_, kv=s_)))(q, k, v, ids_BxL)
+    return out.swapaxes(1, 2)
+
+
+@functools.cache
+def _splash_kernel(length: int, heads: int, mask: MaskSpec, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    class SpecMask(sm.Mask):
+        """`mask.allowed` as a lazy Splash mask: tiles are computed when the kernel is built, and
+        tiles it hides entirely are skipped."""
+
+        @property
+        def shape(self):
+            return (length, length)
+
+        def __getitem__(self, idx):
+            rows, cols = (sm._fill_slice(i, length) for i in idx)
+            return np.asarray(mask.allowed(np.arange(rows.start, rows.stop)[:, None], np.arange(cols.start, cols.stop)[None, :]))
+
+        def __eq__(self, other):
+            return isinstance(other, SpecMask) and other.shape == self.shape
+
+        def __hash__(self):
+            return hash((length, mask))
+
+    one = sm.FullMask((length, length)) if mask.bidirectional else SpecMask()
+    block = max(b for b in (512, 256, 128) if length % b == 0)
+    sizes = sk.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
+    with jax.ensure_compile_time_eval():  # built while tracing: keep its mask arrays concrete
+        return sk.make_splash_mha_single_device(sm.MultiHeadMask([one] * heads), block_sizes=sizes, interpret=interpret)

@@ -1,0 +1,112 @@
+"""Every attention implementation equals a float64 softmax reference and the XLA path, in values
+and gradients: bidirectional, causal, block-causal, with and without right padding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdm.errors import ConfigError
+from mdm.networks import attention
+from mdm.networks.attention import MaskSpec, attend, choose, splash_attention
+
+B, L, N, H = 2, 128, 2, 16
+MASKS = {"bidirectional": MaskSpec(), "causal": MaskSpec(causal=True), "block32": MaskSpec(block_size=32)}
+
+
+def _inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(jnp.asarray(rng.normal(size=(B, L, N, H)), jnp.float32) for _ in range(3))
+
+
+def _reference(q, k, v, lengths, mask: MaskSpec) -> np.ndarray:
+    """float64 softmax(q k^T / sqrt(H)) v with an explicit [L, L] pattern and key lengths."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    idx = np.arange(L)
+    if mask.causal:
+        allowed = idx[None, :] <= idx[:, None]
+    elif mask.block_size:
+        allowed = idx[None, :] // mask.block_size <= idx[:, None] // mask.block_size
+    else:
+        allowed = np.ones((L, L), bool)
+    out = np.zeros_like(q)
+    for b in range(B):
+        keep = allowed & (idx[None, :] < (L if lengths is None else lengths[b]))
+        for n in range(N):
+            s = q[b, :, n] @ k[b, :, n].T / np.sqrt(H)
+            s = np.where(keep, s, -np.inf)
+            p = np.exp(s - s.max(-1, keepdims=True))
+            out[b, :, n] = (p / p.sum(-1, keepdims=True)) @ v[b, :, n]
+    return out
+
+
+def _run(impl, q, k, v, lengths, mask):
+    if impl == "splash":
+        return splash_attention(q, k, v, lengths, mask, interpret=True)
+    return attend(q, k, v, lengths, mask, impl, chunk=1)
+
+
+IMPLS = ["xla", "chunked", "splash"] + (["cudnn"] if attention.platform() == "gpu" else [])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mask_name", list(MASKS))
+@pytest.mark.parametrize("padded", [False, True])
+def test_every_path_equals_the_reference_in_values_and_gradients(impl, mask_name, padded):
+    mask = MASKS[mask_name]
+    q, k, v = _inputs()
+    lengths = jnp.asarray([L, 77], jnp.int32) if padded else None
+    real = np.arange(L)[None, :] < (np.asarray(lengths)[:, None] if padded else L)  # rows that count
+    dtype = jnp.bfloat16 if impl == "cudnn" else jnp.float32
+    tol = 2e-2 if dtype == jnp.bfloat16 else 2e-5
+    cast = lambda *xs: tuple(x.astype(dtype) for x in xs)  # noqa: E731
+
+    out = jax.jit(lambda *a: _run(impl, *cast(*a), lengths, mask))(q, k, v)
+    want = _reference(q, k, v, None if lengths is None else np.asarray(lengths), mask)
+    np.testing.assert_allclose(
+        np.where(real[..., None, None], np.asarray(out, np.float64), 0), np.where(real[..., None, None], want, 0), atol=tol
+    )
+
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(B, L, N, H)), jnp.float32) * real[..., None, None]
+
+    def loss(impl_, q_, k_, v_):
+        return (_run(impl_, *cast(q_, k_, v_), lengths, mask).astype(jnp.float32) * weights).sum()
+
+    got = jax.jit(jax.grad(lambda *a: loss(impl, *a), argnums=(0, 1, 2)))(q, k, v)
+    ref = jax.jit(jax.grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2)))(q, k, v)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(r, np.float64), atol=10 * tol)
+
+
+def test_block_size_one_is_causal_and_full_block_is_bidirectional():
+    q, k, v = _inputs(2)
+    one = attend(q, k, v, None, MaskSpec(block_size=1), "xla")
+    np.testing.assert_allclose(one, attend(q, k, v, None, MaskSpec(causal=True), "xla"), atol=1e-6)
+    full = attend(q, k, v, None, MaskSpec(block_size=L), "xla")
+    np.testing.assert_allclose(full, attend(q, k, v, None, MaskSpec(), "xla"), atol=1e-6)
+
+
+def test_auto_picks_the_fast_path_of_each_backend():
+    assert choose("auto", "gpu", "bfloat16", 64, 0) == ("cudnn", None)
+    assert choose("auto", "tpu", "float32", 64, 0) == ("splash", None)
+    assert choose("auto", "cpu", "float32", 64, 4) == ("chunked", None)
+    assert choose("auto", "cpu", "float32", 64, 0) == ("xla", None)
+    impl, why = choose("auto", "gpu", "float32", 64, 0)
+    assert impl == "xla" and "bfloat16" in why  # falls back, saying why
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("flash", "cpu", "float32", 64, 0), "choose one of"),
+        (("cudnn", "cpu", "bfloat16", 64, 0), "NVIDIA GPUs"),
+        (("cudnn", "gpu", "bfloat16", 36, 0), "multiple of 8"),
+        (("cudnn", "gpu", "bfloat16", 512, 0), "at most 256"),
+        (("splash", "cpu", "float32", 64, 0), "TPUs"),
+        (("chunked", "cpu", "float32", 64, 0), "attention_chunk"),
+    ],
+)
+def test_unrunnable_requests_are_one_line_errors(args, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        choose(*args)
+    assert "\n" not in str(err.value) and "model.attention" in str(err.value)
