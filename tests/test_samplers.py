@@ -1,5 +1,8 @@
 """Samplers against exact oracles: laws by enumeration, hitting-time laws, caching, invariances."""
 
+import itertools
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +11,7 @@ from scipy import stats
 
 from mdm.networks import Transformer, TransformerConfig
 from mdm.samplers import SamplerSettings, TokenSampling, ancestral_sample, confidence_sample, first_hitting_sample, make_sampler
+from mdm.samplers.base import _uniform_rank_row, random_positions_rank
 from mdm.samplers.first_hitting import hitting_time_update
 from mdm.schedules import make_schedule
 from oracles import JointOracleModel
@@ -111,22 +115,135 @@ def test_caching_changes_nfe_but_not_the_law():
     assert abs(nfe.mean() - expected) < 3 * nfe.std() / np.sqrt(len(nfe)), (nfe.mean(), expected)
 
 
+@pytest.mark.parametrize("k", [1, 3, 7])
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "polynomial"])
-def test_first_hitting_times_follow_the_stated_law(schedule):
+def test_first_hitting_times_follow_the_stated_law(schedule, k):
+    """After k first hits among n masked tokens from t0, mask_prob(tau_k) / mask_prob(t0) is the
+    k-th largest of n iid U(0, 1), Beta(n - k + 1, k) (k = 1: CDF x^n). u has n columns, so the
+    columns past k must be ignored."""
     sch = make_schedule(schedule)
     n, t0, draws = 7, 0.8, 20_000
-    u = jax.random.uniform(jax.random.PRNGKey(0), (draws, 1), minval=1e-12)
-    log_mp = hitting_time_update(
-        jnp.full((draws,), jnp.log(sch.mask_prob(t0))), u, jnp.full((draws,), n), jnp.ones((draws,), int)
-    )
+    u = jax.random.uniform(jax.random.PRNGKey(0), (draws, n), minval=1e-12)
+    log_mp = hitting_time_update(jnp.full((draws,), jnp.log(sch.mask_prob(t0))), u, jnp.full((draws,), n), jnp.full((draws,), k))
     tau = np.asarray(sch.time_of_mask_prob(jnp.exp(log_mp)), np.float64)
     mp = lambda s: np.asarray(sch.mask_prob(jnp.asarray(s, jnp.float32)), np.float64)  # noqa: E731
-    cdf = lambda s: (mp(np.clip(s, 0, t0)) / mp(t0)) ** n  # noqa: E731
+    cdf = lambda s: stats.beta.cdf(mp(np.clip(s, 0, t0)) / mp(t0), n - k + 1, k)  # noqa: E731
     assert stats.kstest(tau, cdf).pvalue > 1e-3
-    if schedule == "cosine":  # the published quantiles (fhs_and_sampling.md §4.1)
+    if schedule == "cosine" and k == 1:  # the published quantiles (fhs_and_sampling.md §4.1)
         np.testing.assert_allclose(
             np.quantile(tau, [0.1, 0.25, 0.5, 0.75, 0.9]), [0.6647, 0.7148, 0.7559, 0.7813, 0.7931], atol=3e-3
         )
+
+
+# A time-conditioned denoiser on L = 3, V = 2: P(token 1 at l) = sigmoid(logit), the logit moving
+# with t (through cos 3 pi t) and with the number of 1s already revealed.
+_TC_BIAS = np.array([-0.5, 0.3, 0.8])
+
+
+def _tc_logit(bias, ones_revealed, t, xp):
+    return bias + 2.5 * xp.cos(3 * np.pi * t) + 1.2 * ones_revealed - 0.6
+
+
+def _tc_denoiser(x, t):
+    ones = (x == 1).sum(-1, keepdims=True)
+    logit = _tc_logit(jnp.asarray(_TC_BIAS, jnp.float32)[None], ones, t[:, None], jnp)
+    return jnp.stack([jnp.zeros_like(logit), logit], -1)
+
+
+def _tc_fhs_law(schedule, quad=24):
+    """The law of exact FHS with `_tc_denoiser`, by enumeration and quadrature.
+
+    From the all-masked canvas the hits are at w_j = mask_prob(tau_j) / mask_prob(1), the
+    descending order statistics of 3 iid U(0, 1) (density 3! on w1 > w2 > w3), the order of
+    positions is uniform and independent of the times, and the j-th token is drawn from the
+    denoiser at tau_j. Coordinates w1 = a, w2 = a b, w3 = a b c with a = r^2, b = s^2, c = q^2
+    (Gauss-Legendre in r, s, q) keep the integrand smooth where t(w) ~ sqrt(w).
+    """
+    g, gw = np.polynomial.legendre.leggauss(quad)
+    g, gw = (g + 1) / 2, gw / 2
+    r, s, q = np.meshgrid(g, g, g, indexing="ij")
+    a, b, c = r**2, s**2, q**2
+    weight = 6 * a**2 * b * 8 * r * s * q * np.einsum("i,j,k->ijk", gw, gw, gw)
+    mp1 = float(schedule.mask_prob(jnp.float32(1.0)))
+    t = [np.asarray(schedule.time_of_mask_prob(jnp.asarray(w * mp1, jnp.float32)), np.float64) for w in (a, a * b, a * b * c)]
+    law = np.zeros(2**3)
+    for code, x0 in enumerate(itertools.product(range(2), repeat=3)):
+        for order in itertools.permutations(range(3)):
+            prob, ones = np.ones_like(a), 0
+            for j, pos in enumerate(order):
+                p1 = 1 / (1 + np.exp(-_tc_logit(_TC_BIAS[pos], ones, t[j], np)))
+                prob = prob * (p1 if x0[pos] == 1 else 1 - p1)
+                ones += x0[pos]
+            law[code] += (prob * weight).sum() / 6
+    return law
+
+
+def test_first_hitting_with_a_time_conditioned_network_draws_the_exact_law():
+    """k = 1 is exact for a time-conditioned network too: each token is drawn at its own jump
+    time. Handing the network the time before the jump, or any fixed time, changes the law."""
+    sch = make_schedule("cosine")
+    law = _tc_fhs_law(sch)
+    assert abs(law.sum() - 1) < 1e-6 and abs(_tc_fhs_law(sch, quad=40) - law).max() < 1e-5
+    n = 40_000
+    out = jax.jit(lambda k: first_hitting_sample(_tc_denoiser, k, jnp.full((n, 3), 2, jnp.int32), mask=2, schedule=sch))(
+        jax.random.split(jax.random.PRNGKey(11), n)
+    )
+    samples = np.asarray(out.tokens)
+    assert int(out.nfe) == 3 and np.all(samples < 2)
+    counts = np.bincount((samples * [4, 2, 1]).sum(-1), minlength=8)
+    assert stats.chisquare(counts, law * n).pvalue > 1e-3
+
+
+@pytest.mark.parametrize(
+    "mode,hits",
+    [({"tokens_per_step": 1}, [1, 2, 3, 4, 5, 6]), ({"tokens_per_step": 2}, [2, 4, 6]), ({"steps": 4}, [2, 4, 5, 6])],
+)
+def test_a_time_conditioned_network_gets_the_time_of_the_last_hit_of_each_call(mode, hits):
+    """The parallel form hands the network the time of the k-th of its k hits: after h hits in
+    all (from t = 1, L masked), mask_prob(t) / mask_prob(1) ~ Beta(L - h + 1, h). The times the
+    denoiser actually receives are recorded and KS-tested against that law, call by call."""
+    length, vocab, n = 6, 2, 4000
+    sch = make_schedule("cosine")
+    seen = []
+
+    def den(x, t):
+        jax.debug.callback(lambda x_, t_: seen.append((np.asarray(x_), np.asarray(t_, np.float64))), x, t)
+        return jnp.zeros(x.shape + (vocab,))
+
+    out = jax.jit(
+        lambda k: first_hitting_sample(den, k, jnp.full((n, length), vocab, jnp.int32), mask=vocab, schedule=sch, **mode)
+    )(jax.random.split(jax.random.PRNGKey(12), n))
+    jax.effects_barrier()
+    assert int(out.nfe) == len(hits) == len(seen)
+    seen.sort(key=lambda xt: -(xt[0] == vocab).sum())  # callbacks need not arrive in order
+    mp = lambda s: np.asarray(sch.mask_prob(jnp.asarray(s, jnp.float32)), np.float64)  # noqa: E731
+    for before, h, (x, t) in zip([0] + hits[:-1], hits, seen):
+        assert np.all((x == vocab).sum(-1) == length - before)
+        p = stats.kstest(t, lambda s: stats.beta.cdf(mp(np.clip(s, 0, 1)) / mp(1.0), length - h + 1, h)).pvalue
+        assert p > 1e-3, (h, p)
+
+
+def test_position_order_is_exactly_uniform_even_when_keys_tie():
+    """Keys cut to 1 bit per word (4 values for 4 masked positions) tie in ~90% of draws. The
+    redraw on a tie keeps the order exactly uniform, where a tie-break by index would favour
+    index order. Unmasked positions rank last; at full width ranks are a permutation too."""
+    is_masked = jnp.asarray([True, False, True, True, True])
+    n = 12_000
+    rank = jax.jit(jax.vmap(partial(_uniform_rank_row, word_bits=1), in_axes=(0, None)))(
+        jax.random.split(jax.random.PRNGKey(13), n), is_masked
+    )
+    rank = np.asarray(rank)
+    assert np.all(np.sort(rank, axis=1) == np.arange(5)) and np.all(rank[:, 1] == 4)
+    codes = (rank[:, [0, 2, 3, 4]] * 4 ** np.arange(4)).sum(1)
+    _, counts = np.unique(codes, return_counts=True)
+    assert len(counts) == 24 and stats.chisquare(counts).pvalue > 1e-3
+
+    masks = jax.random.bernoulli(jax.random.PRNGKey(14), 0.6, (16, 300))
+    full = np.asarray(jax.jit(random_positions_rank)(jax.random.split(jax.random.PRNGKey(15), 16), masks))
+    masks = np.asarray(masks)
+    assert full.dtype == np.int32 and np.all(np.sort(full, axis=1) == np.arange(300))
+    for m_row, r_row in zip(masks, full):
+        assert np.all(r_row[m_row] < m_row.sum()) and np.all(np.diff(r_row[~m_row]) > 0)
 
 
 def _toy_transformer(vocab=11):
