@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from mdm import precision
 from mdm.energy import denoiser_log_prob
 from mdm.energy.autoregressive import ar_energy, ar_log_probs, make_ar_energy
 from mdm.energy.network import EnergyNetwork
@@ -78,6 +79,7 @@ def test_coar_kernel_sums_to_one_and_plain_ar_to_the_ar_mass():
     logits = jnp.asarray(np.random.default_rng(0).normal(size=(len(x0), L, V)) * 2.0, jnp.float32)
 
     @jax.jit
+    @functools.partial(precision.under, "energy")  # float32 matmuls, as the library's energy paths use
     def kernels(x0, xt):
         logp = denoiser_log_prob(logits, x0, xt, MASK)
         co = ar_energy(ar_logits, x0, xt, logp, mask=MASK, carry_over=True)
@@ -162,27 +164,30 @@ def test_a_train_step_changes_the_energy_and_no_denoiser_parameter():
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
 
 
-def _kl_to_truth(objective, params, p_true, oracle):
-    """Mean over all 256 x_t (q at t = 1/2: each position masked w.p. 1/2, x_0 ~ p_true) of
-    KL(p_true(. | x_t) || p_theta e^{-E}(. | x_t) / Z), and the same at the all-mask x_t."""
+def _kl_to_truth(objective, params_S, p_true, oracle):
+    """For each of S stacked parameter sets (leading axis S): the mean over all 256 x_t (q at
+    t = 1/2: each position masked w.p. 1/2, x_0 ~ p_true) of KL(p_true(. | x_t) || p_theta
+    e^{-E}(. | x_t) / Z), and the same at the all-mask x_t. Two float64[S]."""
     canvases = _all_partial_canvases()
     ok = np.all((SEQS[None] == canvases[:, None]) | (canvases[:, None] == MASK), axis=-1)  # [256, 81]
     xt = jnp.asarray(np.repeat(canvases, len(SEQS), axis=0))
     x0 = jnp.asarray(np.tile(SEQS, (len(canvases), 1)))
 
     @jax.jit
-    def log_model(p):
+    def log_model(ps):
         logits = oracle.apply(None, jnp.asarray(canvases))
         logp = denoiser_log_prob(jnp.repeat(logits, len(SEQS), axis=0), x0, xt, MASK)
-        return (logp - objective.model.apply({"params": p}, xt, None, x0)).reshape(len(canvases), len(SEQS))
+        energy = jax.vmap(lambda p: objective.model.apply({"params": p}, xt, None, x0))(ps)
+        return (logp[None] - energy).reshape(-1, len(canvases), len(SEQS))
 
-    log_q = np.where(ok, np.asarray(log_model(params), np.float64), -np.inf)
-    log_q -= np.logaddexp.reduce(log_q, axis=1, keepdims=True)
+    log_q = np.where(ok, np.asarray(log_model(params_S), np.float64), -np.inf)  # [S, 256, 81]
+    log_q -= np.logaddexp.reduce(log_q, axis=-1, keepdims=True)
     truth = np.where(ok, p_true[None], 0.0)
     weight = truth.sum(1) * 0.5**L  # P(pattern) P(observed values)
     truth /= truth.sum(1, keepdims=True)
-    kl = np.where(truth > 0, truth * (np.log(np.where(truth > 0, truth, 1.0)) - np.where(ok, log_q, 0.0)), 0.0).sum(1)
-    return float((weight * kl).sum() / weight.sum()), float(kl[-1])
+    log_truth = np.log(np.where(truth > 0, truth, 1.0))
+    kl = np.where(truth > 0, truth * (log_truth - np.where(ok, log_q, 0.0)), 0.0).sum(-1)  # [S, 256]
+    return (kl * weight).sum(-1) / weight.sum(), kl[:, -1]
 
 
 def _correlated_truth():
@@ -193,38 +198,71 @@ def _correlated_truth():
     return p / p.sum()
 
 
-def test_nce_training_lowers_the_exact_kl_to_the_truth():
-    """The exact factorised denoiser of a correlated law cannot represent the correlation; a
-    short NCE run (nu = 1) of the real energy network must cut the exact KL to the truth, on
-    average over x_t and at the all-mask x_t (measured: 0.126 -> 0.074 and 1.06 -> 0.45 nats)."""
-    p_true = _correlated_truth()
-    oracle = JointOracleModel(p_true, L, V)
-    objective = _nce(oracle, num_negatives=1)
-    params = _init(objective.model, 0)
-    frozen = {"denoiser": {}}
-    optimizer = optax.adam(3e-3)
-    opt_state = optimizer.init(params)
+def _train_nce_runs(objective, p_true, seeds, steps=200, batch=256, lr=5e-3):
+    """Independent NCE runs of `objective`'s energy network (nu = objective's), one per seed: its
+    own init and its own data, time, mask and negative draws; the runs step side by side (one
+    vmapped step). Returns the stacked fresh and final params (leading axis: run) and the losses
+    float32[steps, runs]."""
+    init = jax.jit(lambda k: nn.unbox(objective.model.init(k, jnp.zeros((1, L), jnp.int32)))["params"])
+    run_keys = [jax.random.split(jax.random.PRNGKey(seed)) for seed in seeds]  # (init key, data key) per run
+    fresh = jax.tree.map(lambda *a: jnp.stack(a), *[init(k[0]) for k in run_keys])
+    data_keys = jnp.stack([k[1] for k in run_keys])
+    optimizer = optax.adam(lr)
+    probs = jnp.asarray(p_true, jnp.float32)
 
-    @jax.jit  # no donation: the initial params are cached and shared with other tests
-    def step(params, opt_state, key):
+    def one_run(params, opt_state, key):
         k_data, k_loss = jax.random.split(key)
-        idx = jax.random.choice(k_data, len(SEQS), (64,), p=jnp.asarray(p_true, jnp.float32))
-        batch = {"tokens": jnp.asarray(SEQS)[idx]}
-        (loss, _), grads = jax.value_and_grad(objective.loss, has_aux=True)(params, batch, k_loss, frozen)
+        tokens = jnp.asarray(SEQS)[jax.random.choice(k_data, len(SEQS), (batch,), p=probs)]
+        (loss, _), grads = jax.value_and_grad(objective.loss, has_aux=True)(params, {"tokens": tokens}, k_loss, {"denoiser": {}})
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    kl_before, kl_mask_before = _kl_to_truth(objective, params, p_true, oracle)
-    losses = []
-    for i in range(200):
-        params, opt_state, loss = step(params, opt_state, jax.random.PRNGKey(i))
-        losses.append(float(loss))
+    @jax.jit
+    def step(params, opt_state, i):
+        return jax.vmap(one_run)(params, opt_state, jax.vmap(jax.random.fold_in, (0, None))(data_keys, i))
+
+    params, opt_state, losses = fresh, jax.vmap(optimizer.init)(fresh), []
+    for i in range(steps):
+        params, opt_state, loss = step(params, opt_state, i)
+        losses.append(loss)
+    return fresh, params, np.asarray(jnp.stack(losses))
+
+
+def test_nce_training_lowers_the_exact_kl_to_the_truth():
+    """The exact factorised denoiser of a correlated law cannot represent the correlation; short
+    NCE runs (nu = 1) of the real energy network must cut the exact KL to the truth, on average
+    over x_t and at the all-mask x_t.
+
+    Why five runs and their mean: a run starts at a saddle (the zero-initialised projection gives
+    E = 0, the best constant) and the correlation signal is small next to the noise of the NCE
+    gradient, so when a run leaves the saddle, and so its KL after a fixed number of steps,
+    differs from trajectory to trajectory; float rounding alone (another CPU, XLA or jax release)
+    makes another trajectory. The earlier form of this test (one run, batch 64, lr 3e-3, 200
+    steps, KL after < 0.75 x before) passed for 70 of 96 seeds: KL ratio median 0.60, and 13
+    runs never left the saddle (ratio > 0.9). At the settings here (batch 256, lr 5e-3, 200
+    steps), over 192 seeds: one run's ratio is 0.24-1.0 (median 0.41, 3 runs above 0.75, 1 stuck
+    at 1.0), all-mask 0.07-1.0 (median 0.27), mean NCE loss of the last 50 steps 1.31-1.39
+    (median 1.32; useless 1.386). The mean of five fails the bounds below only if about three of
+    the five runs stay at the saddle (bootstrap over those runs: ~1e-5); a constant or a wrong-
+    signed energy gives ratios >= 1 for every run.
+    """
+    p_true = _correlated_truth()
+    oracle = JointOracleModel(p_true, L, V)
+    objective = _nce(oracle, num_negatives=1)
+    fresh, params, losses = _train_nce_runs(objective, p_true, seeds=range(5))
+    kl_before, kl_mask_before = _kl_to_truth(objective, fresh, p_true, oracle)
     kl_after, kl_mask_after = _kl_to_truth(objective, params, p_true, oracle)
-    assert abs(kl_before - 0.126) < 0.01  # a fresh energy is constant: the factorised model
-    print(f"exact KL: {kl_before:.4f} -> {kl_after:.4f} (mean over x_t), {kl_mask_before:.4f} -> {kl_mask_after:.4f} (all-mask)")
-    assert kl_after < 0.75 * kl_before, (kl_before, kl_after)
-    assert kl_mask_after < 0.6 * kl_mask_before, (kl_mask_before, kl_mask_after)
-    assert np.mean(losses[-50:]) < useless_energy_loss(1) - 0.01, np.mean(losses[-50:])
+    np.testing.assert_allclose(kl_before, 0.126, atol=0.01)  # a fresh energy is constant: the factorised model
+    ratio, mask_ratio = kl_after / kl_before, kl_mask_after / kl_mask_before
+    tail = losses[-50:].mean(0)  # NCE nats per sequence over each run's last 50 steps
+    print(
+        f"exact KL {kl_before[0]:.4f} -> {np.round(kl_after, 4)} (mean over x_t), {kl_mask_before[0]:.4f} -> "
+        f"{np.round(kl_mask_after, 3)} (all-mask); ratios {np.round(ratio, 3)}, {np.round(mask_ratio, 3)}; "
+        f"last-50-step loss {np.round(tail, 4)}"
+    )
+    assert ratio.mean() < 0.75, ratio  # measured 0.42 on average; needs at least two runs well off the saddle
+    assert mask_ratio.mean() < 0.65, mask_ratio  # measured 0.28 on average
+    assert tail.mean() < useless_energy_loss(1) - 0.02, tail  # measured 1.324 on average vs 1.386
 
 
 @pytest.mark.slow
