@@ -135,7 +135,7 @@ def attend(
         _note(f"cuDNN with a block-causal mask needs an even length, got {q.shape[1]}: using xla")
         implementation = "xla"
     if implementation == "splash":
-        return splash_attention(q, k, v, kv_lengths_B, mask)
+        return _per_shard(functools.partial(splash_attention, mask=mask), q, k, v, kv_lengths_B)
     if implementation == "chunked":
         return _batch_chunked(functools.partial(_jax_attention, mask=mask, implementation="xla"), (q, k, v, kv_lengths_B), chunk)
     return _jax_attention(q, k, v, kv_lengths_B, mask=mask, implementation=implementation)
@@ -159,6 +159,27 @@ def batch_shards() -> int:
     axes = nn.logical_to_mesh_axes(("batch",))[0]
     axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
+def _mesh_axes(logical: str):
+    """The mesh axes a logical activation axis maps to under the ambient rules (None: replicated)."""
+    axes = nn.logical_to_mesh_axes((logical,))[0]
+    return axes if axes else None
+
+
+def _per_shard(fn, q: Array, k: Array, v: Array, kv_lengths_B: Array | None) -> Array:
+    """`fn(q, k, v, lengths)` on each device's [B/shards, L, N/shards, H] block under the ambient
+    mesh (a Pallas kernel cannot be partitioned by XLA), or directly when there is no mesh.
+    Batch rows split like the 'batch' axis and heads like 'heads'; attention never mixes either."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn(q, k, v, kv_lengths_B)
+    batch_axes, head_axes = _mesh_axes("batch"), _mesh_axes("heads")
+    spec = jax.sharding.PartitionSpec(batch_axes, None, head_axes, None)
+    lengths = jnp.full(q.shape[:1], q.shape[1], jnp.int32) if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32)
+    return jax.shard_map(
+        fn, mesh=mesh, in_specs=(spec, spec, spec, jax.sharding.PartitionSpec(batch_axes)), out_specs=spec, check_vma=False
+    )(q, k, v, lengths)
 
 
 def _batch_chunked(fn, args: tuple, chunk: int) -> Array:
