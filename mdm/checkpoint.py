@@ -8,10 +8,14 @@ checkpoint or none; the last `keep` are kept.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import pathlib
-from typing import Any
+import socket
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -21,6 +25,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from mdm.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 # Config sections whose values fix the shapes of the saved arrays or the meaning of the tokens.
 _SHAPE_KEYS = (
@@ -78,10 +84,16 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def restore_config(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        except Exception as e:  # noqa: BLE001 - any failure to read is damage, reported in one line
+            raise UnreadableCheckpoint(f"checkpoint {self.directory / str(step)} cannot be read ({_first_line(e)})") from e
 
     def restore(self, step: int, abstract_state: Any, config: ml_collections.ConfigDict) -> tuple[Any, dict]:
-        """Restores the state onto `abstract_state`'s shapes (and shardings) and the data state."""
+        """Restores the state onto `abstract_state`'s shapes (and shardings) and the data state.
+
+        A saved config that fixes other shapes raises CheckpointError; a step that cannot be read
+        (damaged, empty, or arrays of other shapes) raises UnreadableCheckpoint."""
         check_compatible(self.restore_config(step), config, self.directory / str(step))
         try:
             restored = self.manager.restore(
@@ -92,10 +104,9 @@ class Checkpointer:
                 ),
             )
             states = restored["data"]["processes"]
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} does not fit the config "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use a new --workdir"
+        except Exception as e:  # noqa: BLE001 - tensorstore, orbax and JSON failures alike
+            raise UnreadableCheckpoint(
+                f"checkpoint {self.directory / str(step)} cannot be restored with this config ({_first_line(e)})"
             ) from e
         if len(states) != jax.process_count():
             raise CheckpointError(
@@ -103,6 +114,62 @@ class Checkpointer:
                 f"{jax.process_count()}; resume with {len(states)} processes (the mesh may differ) or use a new --workdir"
             )
         return restored["state"], states[jax.process_index()]
+
+    def restore_latest(self, abstract_state: Any, config: ml_collections.ConfigDict) -> tuple[int, Any, dict] | None:
+        """(step, state, data state) of the newest step that restores, or None without checkpoints.
+
+        A damaged newest step is skipped with one warning naming the step used instead."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                restored = (step, *self.restore(step, abstract_state, config))
+            except UnreadableCheckpoint as e:
+                if i + 1 == len(steps):
+                    raise CheckpointError(f"{e}; no earlier checkpoint is left: use a new --workdir") from e
+                log.warning("%s; resuming from step %d instead", e, steps[i + 1])
+                continue
+            if i and jax.process_index() == 0:  # set the damaged steps aside, so they are redone
+                for bad in steps[:i]:
+                    (self.directory / str(bad)).rename(self.directory / f"damaged-{bad}")
+            if i:
+                multihost_utils.sync_global_devices("mdm_checkpoint_set_aside")
+                self.manager.reload()
+            return restored
+        return None
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint step that exists but cannot be read (damaged, empty, or of other shapes)."""
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+    """Holds `<workdir>/.train.lock` for a training run (process 0 only; cloud workdirs are not
+    locked), so a second run on the same workdir stops with one line instead of interleaving."""
+    if jax.process_index() != 0 or "://" in str(workdir):
+        yield
+        return
+    path = pathlib.Path(workdir) / ".train.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise CheckpointError(f"{workdir} is in use by another training run ({owner}); let it end or pass a new --workdir")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def gather_json(value: dict) -> list[dict]:

@@ -18,7 +18,7 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mdm import data as mdm_data
-from mdm.checkpoint import Checkpointer
+from mdm.checkpoint import Checkpointer, workdir_lock
 from mdm.config import validate
 from mdm.errors import DataError, TrainingError
 from mdm.metrics import MetricsWriter, summarize_eval
@@ -114,6 +114,11 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     validate(config, jax.process_count())
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir):
+        return _run_locked(config, workdir, stop_at_step)
+
+
+def _run_locked(config, workdir: pathlib.Path, stop_at_step: int | None) -> dict[str, float]:
     exp = build(config)
     t = config.train
     writer = MetricsWriter(workdir / "metrics.jsonl", is_writer=jax.process_index() == 0)
@@ -134,9 +139,10 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
     config, t = exp.config, exp.config.train
     init_rng, step_rng, eval_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     shardings, abstract = sharded_abstract_state(exp, init_rng, config.data.seq_len, mesh, rules)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, data_state = checkpointer.restore(latest, abstract, config)
+    restored = checkpointer.restore_latest(abstract, config)
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+        latest, state, data_state = restored
         train_it.set_state(data_state)
         writer.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, workdir)

@@ -206,3 +206,32 @@ def test_a_run_starts_from_another_runs_params(tmp_path):
         run(wider, tmp_path / "wider")
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         run(tiny_config(**{"init.workdir": str(tmp_path / "nowhere")}), tmp_path / "x")
+
+
+def test_a_second_run_on_a_busy_workdir_is_one_line(tmp_path):
+    """While a run holds the workdir, another stops at once with one line (no duplicate records)."""
+    from mdm.checkpoint import workdir_lock
+
+    with workdir_lock(tmp_path):
+        with pytest.raises(CheckpointError, match="in use by another training run .*pid") as err:
+            run(tiny_config(), tmp_path)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_intact_one(tmp_path, caplog):
+    """Garbage in the newest step's arrays: the resume warns once, continues from the step
+    before, sets the damaged step aside and ends where an undamaged run ends."""
+    run(tiny_config(**{"train.num_steps": 8, "train.checkpoint_every": 4}), tmp_path, stop_at_step=8)
+    run(tiny_config(**{"train.num_steps": 8, "train.checkpoint_every": 4}), tmp_path)  # saves step 8
+    ckpts = tmp_path / "checkpoints"
+    assert {p.name for p in ckpts.iterdir() if p.name.isdigit()} == {"4", "8"}
+    for f in (ckpts / "8" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\x00garbage" * 8)
+    with caplog.at_level("WARNING"):
+        final = run(tiny_config(**{"train.num_steps": 12, "train.checkpoint_every": 4}), tmp_path)
+    assert any("resuming from step 4 instead" in r.getMessage() for r in caplog.records)
+    assert (ckpts / "damaged-8").is_dir() and {p.name for p in ckpts.iterdir() if p.name.isdigit()} >= {"12"}
+    assert np.isfinite(final["eval/nats_per_token"])
+    assert max(r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")) == 12
