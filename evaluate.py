@@ -7,7 +7,8 @@ Reports the validation NLL (bound, for an MDM) in nats/bits per token, bits/byte
 perplexity; for samples drawn with the given sampler: NFE, tokens/s and sample entropy; with
 --evaluator (the workdir of an AR run on the same tokenizer) the generative perplexity; on the
 synthetic source the exact log-likelihood of the samples under the true generator. The record,
-with every setting, is appended to WORKDIR/eval.jsonl (or --output).
+with every setting, is appended to WORKDIR/eval.jsonl (or --output). --num_samples 0 reports
+the likelihood only; --eval_batches 0 (the default) uses the run's train.eval_batches.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import pathlib
 import sys
 
-from mdm.cli import run_cli
+from mdm.cli import prepare_output, run_cli
 
 RUN_FLAGS = {
     "workdir": "runs/default",
@@ -32,19 +33,37 @@ RUN_FLAGS = {
 }
 
 
+def check_flags(flags: dict) -> None:
+    """Refuses flag values that cannot work, as one line, before the expensive work; makes the
+    directory of an explicit --output."""
+    from mdm.errors import ConfigError
+
+    if flags["params"] not in ("ema", "raw"):
+        raise ConfigError(f"--params={flags['params']}: choose ema or raw")
+    if flags["step"] < -1:
+        raise ConfigError(f"--step={flags['step']} must be >= 0 (or -1: the latest checkpoint)")
+    if flags["num_samples"] < 0:
+        raise ConfigError(f"--num_samples={flags['num_samples']} must be >= 0 (0: likelihood only, no samples)")
+    if flags["num_samples"] == 0 and flags["evaluator"]:
+        raise ConfigError("--evaluator scores samples: give --num_samples >= 1 with it")
+    if flags["batch_size"] < 1:
+        raise ConfigError(f"--batch_size={flags['batch_size']} must be >= 1")
+    if flags["eval_batches"] < 0:
+        raise ConfigError(f"--eval_batches={flags['eval_batches']} must be >= 1 (or 0: the run's train.eval_batches)")
+    if flags["output"]:
+        prepare_output(flags["output"])
+
+
 def _run(argv: list[str]) -> None:
     from mdm.config import parse_flags
-    from mdm.errors import CheckpointError
     from mdm.generation import SAMPLER_FLAGS
 
     flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS})
+    check_flags(flags)  # before any checkpoint is read or any batch evaluated
 
     import jax
 
     import mdm
-    from mdm import evaluation
-    from mdm.data import MarkovLanguage
-    from mdm.generation import generate, make_canvas, settings_from_flags
     from mdm.loop import evaluate, load_eval_batches, make_eval_fn
     from mdm.pretrained import load_trained
 
@@ -63,6 +82,24 @@ def _run(argv: list[str]) -> None:
     batches = load_eval_batches(config, exp.tokenizer)
     record.update(evaluate(make_eval_fn(exp.objective), trained.params, batches, jax.random.PRNGKey(flags["seed"]), "eval"))
 
+    record.update(_sample_metrics(flags, config, trained, exp) if flags["num_samples"] else {"num_samples": 0})
+    for key, value in record.items():
+        if not isinstance(value, dict):
+            print(f"{key:32s} {value:.5g}" if isinstance(value, float) else f"{key:32s} {value}")
+    output = pathlib.Path(flags["output"] or pathlib.Path(flags["workdir"]) / "eval.jsonl")
+    with open(output, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _sample_metrics(flags: dict, config, trained, exp) -> dict:
+    """NFE, speed and entropy of `--num_samples` samples; gen. perplexity; synthetic fidelity."""
+    from mdm import evaluation
+    from mdm.data import MarkovLanguage
+    from mdm.errors import CheckpointError
+    from mdm.generation import generate, make_canvas, settings_from_flags
+    from mdm.pretrained import load_trained
+
+    record: dict = {}
     settings = settings_from_flags(flags, config.data.seq_len)
     out = generate(
         exp.objective,
@@ -101,12 +138,7 @@ def _run(argv: list[str]) -> None:
     if config.data.source == "synthetic":
         language = MarkovLanguage(config.data.synthetic_vocab, config.data.synthetic_seed)
         record.update(evaluation.markov_sample_fidelity(language, tokens))
-    for key, value in record.items():
-        if not isinstance(value, dict):
-            print(f"{key:32s} {value:.5g}" if isinstance(value, float) else f"{key:32s} {value}")
-    output = pathlib.Path(flags["output"] or pathlib.Path(flags["workdir"]) / "eval.jsonl")
-    with open(output, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    return record
 
 
 def main(argv: list[str]) -> int:

@@ -25,7 +25,7 @@ import json
 import pathlib
 import sys
 
-from mdm.cli import run_cli
+from mdm.cli import prepare_output, run_cli
 
 RUN_FLAGS = {
     "workdir": "runs/default",
@@ -51,6 +51,8 @@ def _run(argv: list[str]) -> None:
         raise ConfigError(f"--params={flags['params']}: choose ema or raw")
     if flags["num_samples"] < 1 or flags["batch_size"] < 1:
         raise ConfigError("--num_samples and --batch_size must be >= 1")
+    if flags["output"]:  # its directory is made (or refused) now, not after sampling
+        prepare_output(flags["output"])
 
     import mdm
     from mdm.generation import check_energy_flags, generate, load_energy, make_canvas, settings_from_flags

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import pathlib
 import sys
 from typing import Callable
 
-from mdm.errors import MdmError
+from mdm.errors import ConfigError, MdmError
 
 
 def run_cli(body: Callable[[list[str]], None], argv: list[str]) -> int:
@@ -22,3 +24,20 @@ def run_cli(body: Callable[[list[str]], None], argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def prepare_output(path: str, flag: str = "--output") -> pathlib.Path:
+    """`path` as a Path, after making its parent directory: a script calls this before its
+    expensive work, so an output it could not write fails first, as one line, not after it."""
+    out = pathlib.Path(path)
+    if out.is_dir():
+        raise ConfigError(f"{flag} {out} is a directory: give a file in it, e.g. {flag} {out / 'out.jsonl'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"{flag} {out}: cannot create the directory {out.parent} ({e.strerror or e}); give a writable path"
+        ) from None
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"{flag} {out}: the directory {out.parent} is not writable; give a writable path")
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import pathlib
 from typing import Any, Sequence
 
@@ -48,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.power = 2.0  # exponent of the 'polynomial' schedule
     c.diffusion.t_min = 1e-5  # training/eval times lie in [t_min, 1]
     c.diffusion.eval_t_samples = 8  # stratified times per sequence in evaluation
+    c.diffusion.eval_estimator = "continuous"  # eval NELBO (a bound, eps ignored): 'continuous' (time) or 'count' (masked count)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "embedded"  # 'embedded', 'text', 'tfds' or 'synthetic'
@@ -296,6 +298,9 @@ def parse_command_line(
     return config, flags
 
 
+MAX_SEED = 2**31 - 1  # seeds are int32-safe: JAX keys, grain shuffles and NumPy generators all take them
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -304,6 +309,14 @@ def _require(ok: bool, message: str) -> None:
 def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     """Checks values that cannot work together; each failure is one line with the fix."""
     check_keys(c, base_config())
+    _require(
+        0 <= c.seed <= MAX_SEED,
+        f"seed={c.seed} must lie in [0, 2**31 - 1 = {MAX_SEED}], e.g. --config.seed=0",
+    )
+    _require(
+        0 <= c.data.synthetic_seed <= MAX_SEED,
+        f"data.synthetic_seed={c.data.synthetic_seed} must lie in [0, {MAX_SEED}], e.g. --config.data.synthetic_seed=0",
+    )
     _require(c.objective in OBJECTIVES, f"objective={c.objective!r}: choose one of {', '.join(OBJECTIVES)}")
     _require(
         c.objective not in ("mcd", "edlm_nce") or bool(c.init.workdir),
@@ -338,6 +351,10 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _require(0.0 <= d.t_min < 1.0, f"diffusion.t_min={d.t_min} must lie in [0, 1)")
     _require(d.schedule != "polynomial" or d.power > 0, f"diffusion.power={d.power} must be > 0")
     _require(d.eval_t_samples >= 1, f"diffusion.eval_t_samples={d.eval_t_samples} must be >= 1")
+    _require(
+        d.eval_estimator in ("continuous", "count"),
+        f"diffusion.eval_estimator={d.eval_estimator!r}: choose 'continuous' or 'count'",
+    )
     data = c.data
     _require(
         data.source in ("embedded", "text", "tfds", "synthetic"),
@@ -348,17 +365,31 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _require(data.mode in ("pack", "pad"), f"data.mode={data.mode!r}: choose 'pack' or 'pad'")
     _require(data.seq_len >= 2, f"data.seq_len={data.seq_len} must be >= 2")
     _require(0 <= data.val_percent < 100, f"data.val_percent={data.val_percent} must lie in [0, 100)")
+    t = c.train
+    _require(t.num_steps >= 1, f"train.num_steps={t.num_steps} must be >= 1: set --config.train.num_steps=N (N >= 1)")
+    _require(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1: set --config.train.batch_size=N (N >= 1)")
+    _require(t.grad_accum >= 1, f"train.grad_accum={t.grad_accum} must be >= 1 (1: no accumulation)")
     o = c.optim
-    _require(o.lr > 0, f"optim.lr={o.lr} must be > 0")
+    _require(
+        math.isfinite(o.lr) and o.lr > 0,
+        f"optim.lr={o.lr} must be a finite number > 0, e.g. --config.optim.lr=1e-3",
+    )
+    _require(
+        0.0 <= o.min_lr_ratio <= 1.0,
+        f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1] (the final lr as a fraction of optim.lr)",
+    )
+    for key in ("b1", "b2"):
+        _require(0.0 <= o[key] < 1.0, f"optim.{key}={o[key]} must lie in [0, 1), e.g. --config.optim.{key}=0.9")
+    _require(
+        o.weight_decay >= 0,
+        f"optim.weight_decay={o.weight_decay} must be >= 0 (0 disables weight decay)",
+    )
     _require(
         0 <= o.warmup_steps <= c.train.num_steps,
         f"optim.warmup_steps={o.warmup_steps} must lie in [0, train.num_steps={c.train.num_steps}]",
     )
     _require(0.0 <= o.ema_decay < 1.0, f"optim.ema_decay={o.ema_decay} must lie in [0, 1)")
     _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
-    t = c.train
-    _require(t.num_steps >= 1, f"train.num_steps={t.num_steps} must be >= 1")
-    _require(t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
     _require(
         t.batch_size % (t.grad_accum * process_count) == 0,
         f"train.batch_size={t.batch_size} is not divisible by grad_accum={t.grad_accum} x processes={process_count}; "

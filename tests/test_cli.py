@@ -167,6 +167,55 @@ def test_evaluate_py_reports_likelihood_and_sample_quality(runs):
     assert _script("evaluate")(["--workdir", str(runs / "mdm"), "--evaluator", str(runs / "mdm"), "--progress=false"]) == 2
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num_samples", "-1"], "--num_samples=-1 must be >= 0"),
+        (["--eval_batches", "-1"], "--eval_batches=-1 must be >= 1 (or 0"),
+        (["--batch_size", "0"], "--batch_size=0 must be >= 1"),
+        (["--params", "best"], "--params=best: choose ema or raw"),
+        (["--step", "-2"], "--step=-2 must be >= 0"),
+        (["--num_samples", "0", "--evaluator", "runs/ar"], "--evaluator scores samples"),
+    ],
+)
+def test_evaluate_py_refuses_bad_flags_before_reading_a_checkpoint(capsys, args, message):
+    # the workdir does not exist: a flag error that came after loading would say "no checkpoints"
+    assert _script("evaluate")(["--workdir", "/nonexistent/run"] + args + ["--progress=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err[-1]
+
+
+@pytest.mark.parametrize("script", ["sample", "evaluate"])
+def test_output_directory_is_made_or_refused_before_any_work(tmp_path, capsys, script):
+    output = tmp_path / "not" / "yet" / "there.jsonl"
+    assert _script(script)(["--workdir", "/nonexistent/run", "--output", str(output), "--progress=false"]) == 2
+    assert "no checkpoints under /nonexistent/run" in capsys.readouterr().err  # the flags passed; loading failed
+    assert output.parent.is_dir() and not output.exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert _script(script)(["--workdir", "/nonexistent/run", "--output", str(blocker / "x.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: --output {blocker / 'x.jsonl'}: cannot create the directory"), err[-1]
+    assert _script(script)(["--workdir", "/nonexistent/run", "--output", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_evaluate_py_with_no_samples_reports_the_likelihood_only(runs):
+    out = runs / "mdm" / "new_dir" / "eval.jsonl"
+    argv = ["--workdir", str(runs / "mdm"), "--num_samples", "0", "--eval_batches", "1", "--output", str(out)]
+    assert _script("evaluate")(argv + ["--progress=false"]) == 0
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["num_samples"] == 0 and np.isfinite(record["eval/nats_per_token"])
+    assert "nfe_total" not in record and "sample_entropy_nats" not in record
+
+
+def test_sample_py_output_in_a_missing_directory_is_written(runs):
+    out = runs / "bytes" / "deeper" / "still" / "s.jsonl"
+    argv = ["--workdir", str(runs / "bytes"), "--num_samples", "2", "--steps", "4", "--sampler", "ancestral"]
+    assert _script("sample")(argv + ["--output", str(out), "--progress=false"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+
+
 def test_sample_metrics_against_hand_computed_values(runs):
     # Entropy: 4 equiprobable tokens are exactly 2 bits; ignored ids are skipped.
     ent = sample_entropy(np.asarray([[0, 1, 2, 3, 9, 9]]), ignore=(9,))

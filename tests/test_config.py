@@ -34,7 +34,7 @@ def test_overrides_are_parsed_with_the_type_of_the_default():
             "7",
             "--config.model.tie_embeddings=false",
             "--config.data.source=synthetic",
-            "--config.optim.b2=1",
+            "--config.optim.min_lr_ratio=1",
         ],
         DEFAULT,
         {"workdir": "runs/default"},
@@ -42,7 +42,7 @@ def test_overrides_are_parsed_with_the_type_of_the_default():
     assert flags["workdir"] == "/tmp/x"
     assert config.model.d_model == 64 and config.optim.lr == 3e-4 and config.optim.warmup_steps == 7
     assert config.model.tie_embeddings is False and config.data.source == "synthetic"
-    assert config.optim.b2 == 1.0 and isinstance(config.optim.b2, float)
+    assert config.optim.min_lr_ratio == 1.0 and isinstance(config.optim.min_lr_ratio, float)
 
 
 @pytest.mark.parametrize(
@@ -69,6 +69,53 @@ def test_bad_command_lines_are_one_clear_line(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         parse_command_line(argv, DEFAULT, {"workdir": "runs/default"})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--config.optim.min_lr_ratio=1.5"], "optim.min_lr_ratio=1.5 must lie in [0, 1]"),
+        (["--config.optim.min_lr_ratio=-0.1"], "optim.min_lr_ratio=-0.1 must lie in [0, 1]"),
+        (["--config.optim.b1=1"], "optim.b1=1.0 must lie in [0, 1)"),
+        (["--config.optim.b1=-0.5"], "optim.b1=-0.5 must lie in [0, 1)"),
+        (["--config.optim.b2=1"], "optim.b2=1.0 must lie in [0, 1)"),
+        (["--config.optim.b2=1.01"], "optim.b2=1.01 must lie in [0, 1)"),
+        (["--config.optim.lr=0"], "optim.lr=0.0 must be a finite number > 0"),
+        (["--config.optim.lr=-1e-3"], "optim.lr=-0.001 must be a finite number > 0"),
+        (["--config.optim.lr=float('inf')"], None),  # not a literal: a parse error, still one line
+        (["--config.optim.lr=1e999"], "optim.lr=inf must be a finite number > 0"),
+        (["--config.optim.weight_decay=-0.01"], "optim.weight_decay=-0.01 must be >= 0"),
+        (["--config.seed=-1"], "seed=-1 must lie in [0, 2**31 - 1"),
+        (["--config.seed=2147483648"], "seed=2147483648 must lie in [0, 2**31 - 1"),
+        (["--config.data.synthetic_seed=-1"], "data.synthetic_seed=-1 must lie in [0,"),
+        (["--config.train.batch_size=0"], "train.batch_size=0 must be >= 1"),
+        (["--config.train.batch_size=-4"], "train.batch_size=-4 must be >= 1"),
+        (["--config.train.num_steps=0"], "train.num_steps=0 must be >= 1"),
+        (["--config.train.num_steps=-5"], "train.num_steps=-5 must be >= 1"),
+    ],
+)
+def test_out_of_range_optim_train_and_seed_values_are_one_line_naming_the_key(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_command_line(argv, DEFAULT, {"workdir": "runs/default"})
+    text = str(err.value)
+    assert "\n" not in text
+    if message is not None:
+        assert message in text
+        assert "warmup" not in text  # e.g. num_steps=0 is reported as itself, not as a bad warmup_steps
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config.optim.min_lr_ratio=0", "--config.optim.b1=0", "--config.optim.weight_decay=0"],
+        ["--config.optim.min_lr_ratio=1", "--config.optim.b2=0.999"],
+        ["--config.seed=0"],
+        ["--config.seed=2147483647"],
+        ["--config.train.num_steps=1", "--config.optim.warmup_steps=0", "--config.train.batch_size=1"],
+    ],
+)
+def test_values_on_the_edges_of_the_allowed_ranges_are_accepted(argv):
+    parse_command_line(argv, DEFAULT, {"workdir": "runs/default"})
 
 
 def test_config_files_may_not_add_keys(tmp_path):

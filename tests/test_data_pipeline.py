@@ -3,6 +3,7 @@
 import json
 import math
 import time
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -19,6 +20,7 @@ from mdm.data import (
     documents,
     make_iterator,
 )
+from mdm.data import packing
 from data_config import data_cfg
 from mdm.errors import ConfigError, DataError
 
@@ -280,6 +282,37 @@ def test_corpus_smaller_than_a_batch(tmp_path):
         make_iterator(cfg, "train", ByteTokenizer(), 3, seed=0)
     with pytest.raises(DataError, match="validation split"):
         make_iterator(cfg, "validation", ByteTokenizer(), 1, seed=0)  # val_percent=0
+
+
+@pytest.mark.parametrize("mode", ["pack", "pad"])
+def test_a_one_file_corpus_has_an_empty_validation_split_reported_in_one_line(tmp_path, mode):
+    text = b"one file is one document; " * 40
+    assert zlib.crc32(text) % 100 >= 5  # the rule sends it to train, so validation is empty
+    (tmp_path / "only.txt").write_bytes(text)
+    cfg = _cfg(source="text", path=str(tmp_path / "*.txt"), val_percent=5, mode=mode)
+    make_iterator(cfg, "train", ByteTokenizer(), 1, seed=0)
+    with pytest.raises(DataError) as e:
+        make_iterator(cfg, "validation", ByteTokenizer(), 1, seed=0)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith("the validation split of data.source='text'") and "has no documents" in message
+    assert "add more files/documents" in message and "raise data.val_percent" in message
+
+
+def test_empty_splits_from_val_percent_name_the_split_and_the_fix(tmp_path):
+    cfg = _write_corpus(tmp_path, _random_texts(20, seed=3))  # val_percent=0
+    with pytest.raises(DataError, match=r"validation split .* has no documents: data.val_percent=0 sends every"):
+        make_iterator(cfg, "validation", ByteTokenizer(), 1, seed=0)
+    cfg.val_percent = 100
+    with pytest.raises(DataError, match=r"train split .* has no documents: .*lower data.val_percent"):
+        make_iterator(cfg, "train", ByteTokenizer(), 1, seed=0)
+    with pytest.raises(DataError, match=r"train split of data.source='embedded' has no documents"):
+        make_iterator(_cfg(val_percent=100), "train", ByteTokenizer(), 1, seed=0)
+
+
+def test_concatenating_no_documents_is_an_empty_stream():
+    stream = packing.concatenate_documents([], BOS, EOS)
+    assert stream.dtype == np.int32 and stream.shape == (0,)
 
 
 def test_streamed_corpus_smaller_than_a_batch(mock_lm1b):

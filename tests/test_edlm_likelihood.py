@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm.energy import EnergyModel, denoiser_log_prob, log_mean_exp, snis_upper
+from mdm.energy import denoiser_log_prob, log_mean_exp, snis_upper
 from mdm.energy.autoregressive import make_ar_energy
 from mdm.energy.likelihood import BoundSettings, chain_nll
 from mdm.networks import Transformer, TransformerConfig
@@ -250,18 +250,64 @@ def test_oracle_energy_tightens_the_bound_to_the_entropy():
 
 @pytest.mark.slow
 def test_mc_log_z_gives_a_labelled_interval_not_a_bound():
-    """Without a known Z the chain reports log Z_n (low) and the self-normalised value (high)."""
+    """Without a known Z the chain reports log Z_n (low) and the self-normalised value (high), and
+    the report labels the EDLM number an estimate with both ends; with Z = 1 it is a bound."""
     settings = BoundSettings(steps=2, inner_samples=2, log_z_samples=8)
     x0 = jnp.asarray(np.repeat(SEQS[::9], 4, axis=0))
     keys = jax.random.split(jax.random.PRNGKey(1), len(x0))
-    out = jax.jit(
-        lambda k: chain_nll(
-            lambda x_, t: ORACLE.apply(None, x_), _oracle_energy(), k, x0, mask=MASK, schedule=LINEAR, settings=settings
-        )
-    )(keys)
+
+    def chains(log_z):
+        return jax.jit(
+            lambda k: chain_nll(
+                lambda x_, t: ORACLE.apply(None, x_),
+                _oracle_energy(),
+                k,
+                x0,
+                mask=MASK,
+                schedule=LINEAR,
+                settings=settings,
+                log_z=log_z,
+            )
+        )(keys)
+
+    out = chains(None)
     assert np.all(np.asarray(out["edlm_upper"]) >= np.asarray(out["edlm"]) - 1e-5)
     assert np.any(np.asarray(out["edlm_upper"]) > np.asarray(out["edlm"]) + 1e-3)
-    assert EnergyModel("nce", lambda p, a, b, c: c, None).normalised is False
+    exact = chains(_oracle_log_z)  # the same chains with the exact log Z: the interval closes
+    np.testing.assert_allclose(np.asarray(exact["edlm_upper"]), np.asarray(exact["edlm"]), atol=1e-5)
+
+    # The label follows whether log Z is Monte Carlo: the same AR network as a plain AR energy
+    # (Z unknown, estimated from log_z_samples) and as coAR (Z = 1 exactly).
+    from mdm.energy.likelihood import format_report, likelihood_report
+    from mdm.objectives import MaskedDiffusionObjective
+
+    vocab, length = 7, 8
+    cfg = TransformerConfig(vocab_size=vocab, num_layers=1, d_model=16, num_heads=2, mlp_dim=32)
+    mdm = MaskedDiffusionObjective(model=Transformer(cfg), pad_id=6, token_bytes=(1,) * vocab, schedule=LINEAR, eval_t_samples=2)
+    params = nn.unbox(mdm.model.init(jax.random.PRNGKey(0), jnp.zeros((1, length), jnp.int32)))["params"]
+    batches = [{"tokens": jnp.asarray(np.random.default_rng(0).integers(0, 6, (4, length)), jnp.int32)}]
+    ar = Transformer(TransformerConfig(vocab_size=vocab, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, causal=True))
+    ar_params = nn.unbox(ar.init(jax.random.PRNGKey(1), jnp.zeros((1, length), jnp.int32)))["params"]
+    settings = BoundSettings(steps=2, inner_samples=2, log_z_samples=3)
+
+    def report(carry_over):
+        energy = make_ar_energy(ar, params=ar_params, carry_over=carry_over)
+        return likelihood_report(mdm, params, energy, batches, jax.random.PRNGKey(2), settings)
+
+    mc = report(carry_over=False)
+    assert mc["edlm_is"] == "estimate" and mc["log_z_samples"] == 3
+    assert mc["edlm_upper_chain_bits_per_token"] > mc["edlm_chain_bits_per_token"]
+    edlm_line = [line for line in format_report(mc).splitlines() if line.startswith("EDLM-ar ")]
+    assert len(edlm_line) == 1, format_report(mc)
+    line = edlm_line[0]
+    assert "ESTIMATE" in line and "not a bound" in line and "chain bound" not in line
+    assert "3-sample MC, biased low" in line
+    assert f"{mc['edlm_chain_bits_per_token']:.4f}" in line and f"{mc['edlm_upper_chain_bits_per_token']:.4f}" in line
+    known = report(carry_over=True)
+    assert known["edlm_is"] == "bound" and known["log_z_samples"] is None
+    assert known["edlm_upper_chain_bits_per_token"] == pytest.approx(known["edlm_chain_bits_per_token"], abs=1e-6)
+    line = [line for line in format_report(known).splitlines() if line.startswith("EDLM-coar ")][0]
+    assert "chain bound" in line and "Z = 1 exactly" in line and "ESTIMATE" not in line and "not a bound" not in line
 
 
 @pytest.mark.slow

@@ -137,24 +137,30 @@ def test_mdm_eval_nelbo_matches_float64_numpy(schedule, pad):
     real_BxL = tokens != PAD
     lengths_B = real_BxL.sum(-1) if pad else None
     total_B, margin = np.zeros(B), np.inf
+    n_B = real_BxL.sum(-1)
     for k in range(num_k):
-        t_B = np.asarray(t_min + (1.0 - t_min) * jnp.mod(offsets_B + k / num_k, 1.0), np.float64)
+        # Evaluation bounds the samplers' model: the eps = 0 path, t in (0, 1], no t_min.
+        t_B = np.asarray(1.0 - jnp.mod(offsets_B + k / num_k, 1.0), np.float64)
         u_BxL = np.asarray(process.example_uniforms(jax.random.fold_in(k_mask, k), B, L), np.float64)
-        if schedule == "linear":  # alpha = 1 - (1 - eps) t
-            mask_prob_B, weight_B = (1 - eps) * t_B, 1.0 / t_B
-        else:  # alpha = eps + (1 - eps) cos(pi t / 2); 1 - cos(x) = 2 sin(x / 2)^2 without cancellation
-            one_minus_cos_B = 2.0 * np.sin(0.25 * np.pi * t_B) ** 2
-            mask_prob_B = (1 - eps) * one_minus_cos_B
-            weight_B = 0.5 * np.pi * np.sin(0.5 * np.pi * t_B) / one_minus_cos_B
+        if schedule == "linear":  # alpha = 1 - t
+            mask_prob_B, dmask_B = t_B, np.ones_like(t_B)
+        else:  # alpha = cos(pi t / 2); 1 - cos(x) = 2 sin(x / 2)^2 without cancellation
+            mask_prob_B, dmask_B = 2.0 * np.sin(0.25 * np.pi * t_B) ** 2, 0.5 * np.pi * np.sin(0.5 * np.pi * t_B)
         margin = min(margin, np.abs(u_BxL - mask_prob_B[:, None])[real_BxL].min())
-        masked_BxL = (u_BxL < mask_prob_B[:, None]) & real_BxL
+        drawn_BxL = (u_BxL < mask_prob_B[:, None]) & real_BxL
+        first_B = np.argmin(np.where(real_BxL, u_BxL, 2.0), -1)
+        forced_BxL = (np.arange(L) == first_B[:, None]) & real_BxL & ~drawn_BxL.any(-1, keepdims=True)
+        masked_BxL = drawn_BxL | forced_BxL  # an empty draw becomes the singleton at the smallest uniform
+        weight_B = np.where(
+            masked_BxL.sum(-1) == 1, dmask_B * n_B / (1.0 + (n_B - 1.0) * mask_prob_B), dmask_B / mask_prob_B
+        )
         x_t = np.where(masked_BxL, V, tokens)
         logits = ref.forward(params, x_t, vocab_size=V, num_layers=LAYERS, lengths_B=lengths_B)
         nll_B = np.where(masked_BxL, ref.token_nll(logits, tokens), 0.0).sum(-1)
-        total_B += np.where(masked_BxL.any(-1), weight_B * nll_B, 0.0)
+        total_B += weight_B * nll_B
     # float32 vs float64 mask probabilities must not flip a mask (a property of the seeds).
     assert margin > 1e-6, f"a uniform lies within {margin:.1e} of its mask probability: change the seed"
-    nats_B = (1.0 - t_min) * total_B / num_k
+    nats_B = total_B / num_k
     assert np.all(nats_B > 1.0)
     _assert_sums_close(got, _reference_sums(nats_B, tokens))
 

@@ -24,6 +24,8 @@ def with_specials(tokens: np.ndarray, bos_id: int, eos_id: int) -> np.ndarray:
 
 def concatenate_documents(docs: Sequence[np.ndarray], bos_id: int, eos_id: int) -> np.ndarray:
     """The token stream `[BOS] d_0 [EOS] [BOS] d_1 [EOS] ...` as int32 [sum(len(d) + 2)]."""
+    if len(docs) == 0:
+        return np.empty(0, dtype=np.int32)
     lengths = np.array([len(d) + 2 for d in docs], dtype=np.int64)
     stream = np.empty(int(lengths.sum()), dtype=np.int32)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

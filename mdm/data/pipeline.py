@@ -16,6 +16,7 @@ or prefetch threads are used.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -55,6 +56,34 @@ def _too_small(data_cfg: Any, split: str, have: str, records: int, batch_size: i
     )
 
 
+def _empty_split(data_cfg: Any, split: str) -> DataError:
+    """The one-line error for a split with no documents, with the fix for its cause."""
+    where = _describe(data_cfg, split)
+    if data_cfg.source == "tfds":
+        key = "tfds_train_split" if split == "train" else "tfds_eval_split"
+        return DataError(f"{where} has no documents: set data.{key} to a non-empty split of {data_cfg.tfds_name!r}")
+    if data_cfg.source == "text":
+        where += f" (data.path={data_cfg.path!r})"
+    val_percent = data_cfg.val_percent
+    key = "its bytes" if data_cfg.source == "text" else "its file name"
+    rule = f"a document goes to validation when crc32({key}) % 100 < data.val_percent={val_percent}"
+    if split == "validation" and val_percent == 0:
+        fix = "data.val_percent=0 sends every document to train: set data.val_percent to e.g. 5"
+    elif split == "validation":
+        fix = f"{rule}; add more files/documents (a .jsonl file holds one per line) or raise data.val_percent"
+    else:
+        fix = f"{rule}; add more files/documents or lower data.val_percent"
+    return DataError(f"{where} has no documents: {fix}")
+
+
+def _split_documents(data_cfg: Any, split: str) -> Sequence[sources.Document]:
+    """`sources.documents(data_cfg, split)`, which must hold at least one document."""
+    docs = sources.documents(data_cfg, split)
+    if len(docs) == 0:
+        raise _empty_split(data_cfg, split)
+    return docs
+
+
 def _synthetic_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> grain.MapDataset:
     if data_cfg.synthetic_vocab > tokenizer.vocab_size:
         raise DataError(
@@ -69,12 +98,12 @@ def _padded_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> grain.Ma
         tokens = _checked(tokenizer.encode(doc), tokenizer)
         return packing.pad_document(tokens, data_cfg.seq_len, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
 
-    return grain.MapDataset.source(sources.documents(data_cfg, split)).map(pad)
+    return grain.MapDataset.source(_split_documents(data_cfg, split)).map(pad)
 
 
 def _packed_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> tuple[grain.MapDataset, int]:
     """Windows of the split's whole token stream, and the stream's length."""
-    docs = list(sources.documents(data_cfg, split))
+    docs = list(_split_documents(data_cfg, split))
     tokens = [_checked(t, tokenizer) for t in tokenizer.encode_batch(docs)]
     stream = packing.concatenate_documents(tokens, tokenizer.bos_id, tokenizer.eos_id)
     return grain.MapDataset.source(packing.Windows(stream, data_cfg.seq_len)), len(stream)
@@ -124,7 +153,7 @@ def _streamed_batches(
     num_epochs: int | None,
 ) -> grain.IterDataset:
     """Pack mode without materializing the split: shuffled documents, packed on the fly."""
-    docs = grain.MapDataset.source(sources.documents(data_cfg, split))
+    docs = grain.MapDataset.source(_split_documents(data_cfg, split))
     docs = _shard(docs, process_index, process_count)
     need, have = batch_size * data_cfg.seq_len, 0
     for i in range(len(docs)):  # tokenize only as much as proves one batch fits

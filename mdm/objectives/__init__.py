@@ -24,6 +24,7 @@ def make_objective(config, model: Transformer, pad_id: int, token_bytes) -> Obje
             schedule=make_schedule(d.schedule, d.eps, d.power),
             t_min=d.t_min,
             eval_t_samples=d.eval_t_samples,
+            eval_estimator=d.eval_estimator,
             **common,
         )
     if config.objective == "ar":

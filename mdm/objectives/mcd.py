@@ -458,6 +458,7 @@ def from_config(config, model, pad_id: int, token_bytes) -> ConsistencyDistillat
         schedule=make_schedule(d.schedule, d.eps, d.power),
         t_min=d.t_min,
         eval_t_samples=d.eval_t_samples,
+        eval_estimator=d.eval_estimator,
         target=m.target,
         divergence=m.divergence,
         coupling=m.coupling,

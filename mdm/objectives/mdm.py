@@ -5,11 +5,30 @@ w(t) = -alpha'(t) / (1 - alpha(t)). SUBS: the network has no mask logit (it cann
 mask), and unmasked positions carry over, so only masked positions enter the sum.
 
 Training estimator: one t per sequence, stratified over the batch on [t_min, 1], so the loss is
-an unbiased estimate of the integral over [t_min, 1] (the dropped sliver costs about t_min of the
-loss, relatively). Evaluation: `eval_t_samples` stratified times per sequence (its own offset per
-sequence); the per-sequence estimate is unbiased and its Monte-Carlo variance falls as
-1/eval_t_samples (faster, thanks to stratification). Reported standard errors are across
-sequences, so they include both the data spread and the Monte-Carlo noise.
+an unbiased estimate of the integral over [t_min, 1] on the configured schedule (eps included:
+eps and t_min only reweight training).
+
+Evaluation is always a bound on the samplers' -log p(x_0). The samplers start from all-mask at
+t = 1 and unmask with probability 1 - (1 - alpha(s)) / (1 - alpha(t)), where eps cancels: the
+generative model is the eps = 0 process. So evaluation integrates the ELBO of that process over
+the whole masking path, mask level m(t) = 1 - a(t) from 0 to 1 (`sampling_schedule`; with
+eps > 0 the configured curve stops at 1 - eps and drops about eps x the all-masked loss). A
+time-conditioned network gets the same t the ancestral and first-hitting samplers give it at
+that state: the schedule's t, whose eps = 0 mask level is m(t). Two unbiased estimators, each
+with `eval_t_samples` stratified draws per sequence (its own offset per sequence):
+
+- 'continuous': t stratified on (0, 1], x_t ~ Bernoulli(m(t)) per real token, weight w(t). A draw
+  with nothing masked is replaced by a singleton (the real position with the smallest uniform)
+  and singletons are importance-weighted by P/Q = n m / (n m + 1 - m), i.e. weight
+  m'(t) n / (1 + (n - 1) m): exact on [0, 1] with no t_min, and finite variance whenever m' is
+  square-integrable (every schedule here except 'polynomial' with power <= 1/2).
+- 'count' (schedule-free): k stratified on {1..n} (n real tokens), a uniform subset of k positions
+  masked, weight n / k: NELBO = E_k[(n / k) E_{|S| = k}[sum_{l in S} -log mu(x_S)^l[x_0^l]]]. A
+  time-conditioned network gets t = m^-1(u), u ~ Beta(k, n - k + 1) (the law of the mask level
+  given k masked under the ELBO's dm / m measure), which keeps the count form exact for it too.
+
+Reported standard errors are across sequences, so they include both the data spread and the
+Monte-Carlo noise.
 """
 
 from __future__ import annotations
@@ -21,8 +40,11 @@ import jax.numpy as jnp
 from jax import Array
 
 from mdm import process
+from mdm.errors import ConfigError
 from mdm.objectives.base import Objective, per_example_sums
 from mdm.schedules import Schedule
+
+EVAL_ESTIMATORS = ("continuous", "count")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,10 +54,17 @@ class MaskedDiffusionObjective(Objective):
     schedule: Schedule
     t_min: float = 1e-5
     eval_t_samples: int = 8
+    eval_estimator: str = "continuous"  # 'continuous' (time integral) or 'count' (masked-count form)
 
     @property
     def mask_id(self) -> int:
         return process.mask_id(self.vocab_size)
+
+    @property
+    def sampling_schedule(self) -> Schedule:
+        """The configured schedule with eps = 0: the masking path the samplers walk (all-mask at
+        t = 1, same t and weight w(t)); evaluation bounds -log p on it."""
+        return dataclasses.replace(self.schedule, eps=0.0)
 
     def nelbo_per_example(self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array) -> Array:
         """float32[B]: w(t_b) * sum of -log mu at the masked positions of x_t ~ q(.|x_0, t_b)."""
@@ -57,19 +86,62 @@ class MaskedDiffusionObjective(Objective):
         masked = (uniforms < self.schedule.mask_prob(t_B)[:, None]) & self.real_tokens(tokens)
         return loss, {"loss": loss, "masked_fraction": masked.sum() / num_tokens}
 
+    def continuous_nelbo_per_example(self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array) -> Array:
+        """float32[B]: one unbiased draw of the integrand of the full-path (eps = 0) NELBO at t_B in
+        (0, 1]; an empty draw becomes the singleton at the smallest uniform, singletons reweighted."""
+        sched = self.sampling_schedule
+        real_BxL = self.real_tokens(tokens_BxL)
+        n_B = real_BxL.sum(-1).astype(jnp.float32)
+        m_B = sched.mask_prob(t_B)
+        drawn_BxL = (uniforms_BxL < m_B[:, None]) & real_BxL
+        first_B = jnp.argmin(jnp.where(real_BxL, uniforms_BxL, 2.0), -1)
+        forced_BxL = (jnp.arange(tokens_BxL.shape[1]) == first_B[:, None]) & real_BxL & ~drawn_BxL.any(-1, keepdims=True)
+        masked_BxL = drawn_BxL | forced_BxL
+        x_t = jnp.where(masked_BxL, self.mask_id, tokens_BxL)
+        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, self.attention_mask(tokens_BxL), needed_BxL=masked_BxL).sum(-1)
+        count_B = masked_BxL.sum(-1)
+        # Q(S) = P(S) + P(empty) / n for singletons: w(t) P / Q = m'(t) n / (1 + (n - 1) m).
+        single_B = -sched.dalpha(t_B) * n_B / (1.0 + (n_B - 1.0) * m_B)
+        weight_B = jnp.where(count_B == 1, single_B, sched.weight(t_B))
+        return jnp.where(count_B > 0, weight_B * nll_B, 0.0)  # a NaN stays NaN
+
+    def count_nelbo_per_example(self, params, tokens_BxL: Array, u_B: Array, uniforms_BxL: Array, key: Array) -> Array:
+        """float32[B]: (n / k) x the masked NLL sum for k = 1 + floor(u_B n) masked positions, the
+        k real positions with the smallest uniforms (a uniform subset)."""
+        real_BxL = self.real_tokens(tokens_BxL)
+        n_B = real_BxL.sum(-1)
+        k_B = jnp.clip(jnp.floor(u_B * n_B).astype(jnp.int32) + 1, 1, jnp.maximum(n_B, 1))
+        rank_BxL = jnp.argsort(jnp.argsort(jnp.where(real_BxL, uniforms_BxL, 2.0), -1), -1)
+        masked_BxL = real_BxL & (rank_BxL < k_B[:, None])
+        x_t = jnp.where(masked_BxL, self.mask_id, tokens_BxL)
+        if self.model.cfg.time_conditioning:  # mask level | k ~ Beta(k, n - k + 1), then its time
+            a_B, b_B = k_B.astype(jnp.float32), jnp.maximum(n_B - k_B + 1, 1).astype(jnp.float32)
+            rows = jnp.arange(tokens_BxL.shape[0])
+            level_B = jax.vmap(lambda b, a, c: jax.random.beta(jax.random.fold_in(key, b), a, c))(rows, a_B, b_B)
+            t_B = self.sampling_schedule.time_of_mask_prob(level_B)
+        else:
+            t_B = None
+        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, self.attention_mask(tokens_BxL), needed_BxL=masked_BxL).sum(-1)
+        return jnp.where(masked_BxL.any(-1), n_B / k_B * nll_B, 0.0)
+
     def eval_sums(self, params, batch, rng, frozen=None):
+        if self.eval_estimator not in EVAL_ESTIMATORS:
+            raise ConfigError(f"diffusion.eval_estimator={self.eval_estimator!r}: choose one of {', '.join(EVAL_ESTIMATORS)}")
         tokens = batch["tokens"]
         batch_size, length = tokens.shape
         k_t, k_mask = jax.random.split(rng)
+        k_level = jax.random.fold_in(rng, 1)
         offsets_B = jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(k_t, b), ()))(jnp.arange(batch_size))
         num_k = self.eval_t_samples
 
         def one_sample(total_B, k):
-            grid_B = jnp.mod(offsets_B + k / num_k, 1.0)
-            t_B = self.t_min + (1.0 - self.t_min) * grid_B
+            grid_B = jnp.mod(offsets_B + k / num_k, 1.0)  # stratified on [0, 1)
             uniforms = process.example_uniforms(jax.random.fold_in(k_mask, k), batch_size, length)
-            return total_B + self.nelbo_per_example(params, tokens, t_B, uniforms), None
+            if self.eval_estimator == "count":
+                nelbo_B = self.count_nelbo_per_example(params, tokens, grid_B, uniforms, jax.random.fold_in(k_level, k))
+            else:
+                nelbo_B = self.continuous_nelbo_per_example(params, tokens, 1.0 - grid_B, uniforms)  # t in (0, 1]
+            return total_B + nelbo_B, None
 
         total_B, _ = jax.lax.scan(one_sample, jnp.zeros((batch_size,)), jnp.arange(num_k))
-        nats_B = (1.0 - self.t_min) * total_B / num_k
-        return per_example_sums(nats_B, self.real_tokens(tokens).sum(-1), self.bytes_per_example(tokens))
+        return per_example_sums(total_B / num_k, self.real_tokens(tokens).sum(-1), self.bytes_per_example(tokens))
