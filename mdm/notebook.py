@@ -230,6 +230,7 @@ def load_or_train(
 ):
     """A `mdm.pretrained.Trained` run: the checkpoint at `checkpoint` (local or gs://), or with
     checkpoint='' the tiny default trained for `train_steps` (default: about a minute) in `workdir`."""
+    from mdm.checkpoint import UnreadableCheckpoint
     from mdm.pretrained import load_trained
 
     if not str(checkpoint).strip():
@@ -237,11 +238,17 @@ def load_or_train(
     local, step = fetch_checkpoint(checkpoint, step=step)
     try:
         return load_trained(local, step, use_ema)
+    except UnreadableCheckpoint as e:  # a step folder that orbax cannot read
+        raise _not_a_checkpoint(checkpoint, e.__cause__ or e) from e
     except MdmError:
         raise
     except Exception as e:  # orbax/json errors: a folder that is not this library's checkpoint
-        detail = str(e).splitlines()[0][:160] if str(e) else ""
-        raise CheckpointError(f"{checkpoint} is not an mdm checkpoint ({type(e).__name__}: {detail}); {_FIX}") from e
+        raise _not_a_checkpoint(checkpoint, e) from e
+
+
+def _not_a_checkpoint(checkpoint: str, cause: BaseException) -> CheckpointError:
+    detail = str(cause).splitlines()[0][:160] if str(cause) else ""
+    return CheckpointError(f"{checkpoint} is not an mdm checkpoint ({type(cause).__name__}: {detail}); {_FIX}")
 
 
 # ----------------------------------------------------------------------------------------------
