@@ -120,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.use_ema = True  # its EMA params (else the raw params)
 
     c.sample = ml_collections.ConfigDict()
-    c.sample.num_samples = 2  # FHS samples printed at the end of training (0: none)
+    c.sample.num_samples = 2  # FHS samples printed at the end of training, and one at each evaluation (0: none)
     c.sample.seed = 0
     return c
 

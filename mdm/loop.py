@@ -198,12 +198,17 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
             final = evaluate(eval_fn, state.params, eval_batches, eval_rng, "eval", state.frozen)
             final.update(evaluate(eval_fn, state.ema_params, eval_batches, eval_rng, "eval_ema", state.frozen))
             writer.write(step, final)
-            interval_start, interval_steps = time.perf_counter(), 0  # keep eval time out of tokens/s
+            interval_steps = 0
             bar.write(
                 f"step {step}: eval {final['eval/nats_per_token']:.4f} nats/token, "
                 + (f"{final['eval/bits_per_byte']:.4f} bits/byte" if "eval/bits_per_byte" in final else "")
                 + f" (EMA {final['eval_ema/nats_per_token']:.4f} nats/token)"
             )
+            if config.sample.num_samples > 0 and exp.objective.generates_text and step < t.num_steps:
+                text = draw_samples(exp, state.ema_params, 1, config.sample.seed)[0]  # every process draws
+                if jax.process_index() == 0:
+                    bar.write(f"step {step} sample (EMA, FHS): {text[:240]!r}")
+            interval_start = time.perf_counter()  # keep eval and sampling time out of tokens/s
         if stop_at_step is not None and step >= stop_at_step:
             bar.close()
             return final

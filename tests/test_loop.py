@@ -235,3 +235,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_intact_one(tmp_path, capl
     assert (ckpts / "damaged-8").is_dir() and {p.name for p in ckpts.iterdir() if p.name.isdigit()} >= {"12"}
     assert np.isfinite(final["eval/nats_per_token"])
     assert max(r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")) == 12
+
+
+def test_each_evaluation_prints_a_sample_so_a_user_watches_it_learn(tmp_path, capsys):
+    run(tiny_config(**{"sample.num_samples": 1, "train.num_steps": 8, "train.eval_every": 4}), tmp_path)
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "step 4 sample (EMA, FHS): '" in printed  # the mid-run evaluation's sample
+    assert "--- sample 0 ---" in printed  # and the final one, as before
