@@ -76,6 +76,7 @@ def _run(argv: list[str]) -> None:
         "checkpoint_step": trained.step,
         "params": flags["params"],
         "objective": config.objective,
+        "likelihood": exp.objective.likelihood,
         "seed": flags["seed"],
         "mdm_version": mdm.__version__,
     }

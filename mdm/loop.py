@@ -202,7 +202,7 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
             bar.write(
                 f"step {step}: eval {final['eval/nats_per_token']:.4f} nats/token, "
                 + (f"{final['eval/bits_per_byte']:.4f} bits/byte" if "eval/bits_per_byte" in final else "")
-                + f" (EMA {final['eval_ema/nats_per_token']:.4f} nats/token)"
+                + f" (EMA {final['eval_ema/nats_per_token']:.4f} nats/token) [{exp.objective.likelihood}]"
             )
             if config.sample.num_samples > 0 and exp.objective.generates_text and step < t.num_steps:
                 text = draw_samples(exp, state.ema_params, 1, config.sample.seed)[0]  # every process draws

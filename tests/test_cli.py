@@ -150,6 +150,7 @@ def test_evaluate_py_reports_likelihood_and_sample_quality(runs):
     )
     assert rc == 0
     record = json.loads(out.read_text().splitlines()[-1])
+    assert record["likelihood"] == "upper bound on -log p(x)"  # what the number is, recorded beside it
     for key in (
         "eval/nats_per_token",
         "eval/bits_per_token",

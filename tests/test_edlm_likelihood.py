@@ -302,6 +302,7 @@ def test_mc_log_z_gives_a_labelled_interval_not_a_bound():
     line = edlm_line[0]
     assert "ESTIMATE" in line and "not a bound" in line and "chain bound" not in line
     assert "3-sample MC, biased low" in line
+    assert "K -> infinity" in format_report(mc)  # the sampler the chain scores is stated
     assert f"{mc['edlm_chain_bits_per_token']:.4f}" in line and f"{mc['edlm_upper_chain_bits_per_token']:.4f}" in line
     known = report(carry_over=True)
     assert known["edlm_is"] == "bound" and known["log_z_samples"] is None

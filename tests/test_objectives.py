@@ -306,3 +306,14 @@ def test_nan_params_never_evaluate_as_perfect():
     with pytest.raises(TrainingError, match="non-finite") as err:
         summarize_eval({k: float(v) for k, v in sums.items()}, "eval")
     assert "\n" not in str(err.value)
+
+
+def test_each_objective_says_what_its_evaluation_number_is():
+    """Pad mode shows the MDM each row's length, so its number is conditional on it; AR is exact."""
+    L, V = 6, 5
+    model = FixedLogitsModel(np.zeros((L, V)))
+    mdm_pack, mdm_pad = _mdm(model), dataclasses.replace(_mdm(model), mask_padding=True)
+    ar = AutoregressiveObjective(model=model, pad_id=V - 1, token_bytes=(1,) * V)
+    assert mdm_pack.likelihood == "upper bound on -log p(x)"
+    assert mdm_pad.likelihood == "upper bound on -log p(x | length)"
+    assert ar.likelihood == "exact -log p(x)"

@@ -19,6 +19,10 @@ from mdm.objectives.base import Objective, per_example_sums
 class AutoregressiveObjective(Objective):
     """Exact log-likelihood of a causal transformer."""
 
+    @property
+    def likelihood(self) -> str:
+        return "exact -log p(x)"
+
     def nll_per_example(self, params, tokens_BxL: Array) -> Array:
         """float32[B]: -log p(x) summed over the non-padding positions."""
         start = jnp.full_like(tokens_BxL[:, :1], process.mask_id(self.vocab_size))

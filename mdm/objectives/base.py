@@ -81,6 +81,11 @@ class Objective(abc.ABC):
         """bool[B, L]: positions that are data, not padding."""
         return tokens_BxL != self.pad_id
 
+    @property
+    def likelihood(self) -> str:
+        """What evaluation's nats per token are (printed and recorded beside the numbers)."""
+        return "loss (not a likelihood)"
+
     def attention_mask(self, tokens_BxL: Array) -> Array | None:
         """Key mask that hides padding (only in pad mode; packed batches have none)."""
         return self.real_tokens(tokens_BxL) if self.mask_padding else None

@@ -61,6 +61,13 @@ class MaskedDiffusionObjective(Objective):
         return process.mask_id(self.vocab_size)
 
     @property
+    def likelihood(self) -> str:
+        # In pad mode the attention mask, built from the clean tokens, shows the denoiser each
+        # row's length at every t: the NELBO then bounds -log p(x | length), and an AR twin
+        # (which pays for EOS) is not compared like for like.
+        return "upper bound on -log p(x | length)" if self.mask_padding else "upper bound on -log p(x)"
+
+    @property
     def sampling_schedule(self) -> Schedule:
         """The configured schedule with eps = 0: the masking path the samplers walk (all-mask at
         t = 1, same t and weight w(t)); evaluation bounds -log p on it."""

@@ -81,6 +81,10 @@ class NCEObjective(Objective):
 
     # --- the pieces -------------------------------------------------------------------------
 
+    @property
+    def likelihood(self) -> str:
+        return "NCE loss of the energy (not a likelihood)"
+
     def denoiser_logits(self, frozen, xt_BxL: Array, t_B: Array, attention_mask_BxL: Array | None = None) -> Array:
         """float32[B, L, V] of the frozen denoiser (no gradient flows into `frozen`)."""
         if frozen is None or "denoiser" not in frozen:
