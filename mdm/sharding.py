@@ -131,3 +131,19 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
     """Assembles the global batch from this process's rows (multi-host safe)."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def mesh_axes(logical: str):
+    """The mesh axes a logical activation axis maps to under the ambient rules (None: replicated)."""
+    axes = nn.logical_to_mesh_axes((logical,))[0]
+    return axes if axes else None
+
+
+def batch_shards() -> int:
+    """Ways the batch is split over devices under the ambient mesh and logical rules (1 if none)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    axes = mesh_axes("batch")
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)

@@ -146,6 +146,14 @@ def _chains(energy_table, log_z_table, keys, x0):
     )
 
 
+def _oracle_chains(keys, x0, settings: BoundSettings, log_z):
+    """The library's chains under the oracle denoiser and the oracle energy, jitted."""
+    run = lambda k: chain_nll(  # noqa: E731
+        lambda x_, t: ORACLE.apply(None, x_), _oracle_energy(), k, x0, mask=MASK, schedule=LINEAR, settings=settings, log_z=log_z
+    )
+    return jax.jit(run)(keys)
+
+
 @functools.lru_cache(maxsize=None)
 def _estimates(kind: str):
     """Per-sequence means and standard errors (over REPS chains) of the library's chain terms."""
@@ -194,18 +202,7 @@ def test_one_step_chain_with_the_oracle_energy_is_the_exact_nll():
     settings = BoundSettings(steps=1, inner_samples=2)
     x0 = jnp.asarray(SEQS)
     keys = jax.random.split(jax.random.PRNGKey(0), len(SEQS))
-    out = jax.jit(
-        lambda k: chain_nll(
-            lambda x_, t: ORACLE.apply(None, x_),
-            _oracle_energy(),
-            k,
-            x0,
-            mask=MASK,
-            schedule=LINEAR,
-            settings=settings,
-            log_z=_oracle_log_z,
-        )
-    )(keys)
+    out = _oracle_chains(keys, x0, settings, _oracle_log_z)
     np.testing.assert_allclose(np.asarray(out["edlm"], np.float64), -np.log(P_TRUE), rtol=1e-5, atol=1e-5)
     marginals = _model_conditionals("none")[_canvas_index([MASK] * L)]
     np.testing.assert_allclose(np.asarray(out["mdm"], np.float64), -np.log(marginals), rtol=1e-5, atol=1e-5)
@@ -257,18 +254,7 @@ def test_mc_log_z_gives_a_labelled_interval_not_a_bound():
     keys = jax.random.split(jax.random.PRNGKey(1), len(x0))
 
     def chains(log_z):
-        return jax.jit(
-            lambda k: chain_nll(
-                lambda x_, t: ORACLE.apply(None, x_),
-                _oracle_energy(),
-                k,
-                x0,
-                mask=MASK,
-                schedule=LINEAR,
-                settings=settings,
-                log_z=log_z,
-            )
-        )(keys)
+        return _oracle_chains(keys, x0, settings, log_z)
 
     out = chains(None)
     assert np.all(np.asarray(out["edlm_upper"]) >= np.asarray(out["edlm"]) - 1e-5)

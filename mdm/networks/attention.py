@@ -25,13 +25,13 @@ import functools
 import logging
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
 from mdm.errors import ConfigError
+from mdm.sharding import batch_shards, mesh_axes
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 _CUDNN_DTYPES = ("bfloat16",)  # of the backbone's compute dtypes, those cuDNN flash attention takes
@@ -151,22 +151,6 @@ def _jax_attention(q: Array, k: Array, v: Array, kv_lengths_B: Array | None, *, 
     )
 
 
-def batch_shards() -> int:
-    """Ways the batch is split over devices under the ambient mesh and logical rules (1 if none)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return 1
-    axes = nn.logical_to_mesh_axes(("batch",))[0]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
-
-
-def _mesh_axes(logical: str):
-    """The mesh axes a logical activation axis maps to under the ambient rules (None: replicated)."""
-    axes = nn.logical_to_mesh_axes((logical,))[0]
-    return axes if axes else None
-
-
 def _per_shard(fn, q: Array, k: Array, v: Array, kv_lengths_B: Array | None) -> Array:
     """`fn(q, k, v, lengths)` on each device's [B/shards, L, N/shards, H] block under the ambient
     mesh (a Pallas kernel cannot be partitioned by XLA), or directly when there is no mesh.
@@ -174,7 +158,7 @@ def _per_shard(fn, q: Array, k: Array, v: Array, kv_lengths_B: Array | None) -> 
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return fn(q, k, v, kv_lengths_B)
-    batch_axes, head_axes = _mesh_axes("batch"), _mesh_axes("heads")
+    batch_axes, head_axes = mesh_axes("batch"), mesh_axes("heads")
     spec = jax.sharding.PartitionSpec(batch_axes, None, head_axes, None)
     lengths = jnp.full(q.shape[:1], q.shape[1], jnp.int32) if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32)
     return jax.shard_map(

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from mdm.networks.attention import batch_shards
 from mdm.networks.transformer import project
+from mdm.sharding import batch_shards
 
 # Logits per chunk that `auto_chunk` aims at on one device (2^27 float32 = 512 MiB).
 TARGET_CHUNK_LOGITS = 2**27
