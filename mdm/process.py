@@ -8,9 +8,15 @@ the batch is split over devices or micro-batches.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import Array
+
+# A denoiser maps (tokens int[B, L], t float[B]) to logits float[B, L, V] over the V real tokens;
+# a time-agnostic network ignores t. Samplers and likelihood bounds take one.
+Denoiser = Callable[[Array, Array], Array]
 
 
 def mask_id(vocab_size: int) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mdm.samplers.categorical import (
+from mdm.categorical import (
     METHODS,
     exponential_from_bits,
     exponential_noise,

@@ -59,9 +59,9 @@ import numpy as np
 from jax import Array
 
 from mdm.energy import Energy, EnergyModel, denoiser_log_prob, log_mean_exp, snis_upper
-from mdm.samplers.ancestral import time_grid
-from mdm.samplers.base import Denoiser
-from mdm.samplers.categorical import sample_categorical
+from mdm.time_grids import time_grid
+from mdm.process import Denoiser
+from mdm.categorical import sample_categorical
 from mdm.schedules import Schedule
 from mdm import precision
 

@@ -43,7 +43,6 @@ The SDTT-style target with the same settings reaches TV 0.211 at 2 steps but 0.1
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -56,9 +55,9 @@ from mdm.errors import ConfigError
 from mdm.objectives.base import shared_fields
 from mdm.objectives.chunked_loss import chunked_token_values, head_logits, nll_from_logits, resolve_chunk
 from mdm.objectives.mdm import MaskedDiffusionObjective
-from mdm.samplers.ancestral import GRIDS
-from mdm.samplers.categorical import sample_categorical
+from mdm.categorical import sample_categorical
 from mdm.schedules import make_schedule
+from mdm.time_grids import GRIDS, grid_coordinate, grid_time
 
 TARGETS = ("consistency", "stochastic")
 DIVERGENCES = ("reverse_kl", "forward_kl")
@@ -82,15 +81,6 @@ def config_section() -> ml_collections.ConfigDict:
     c.teacher_temperature_final = 0.75  # ... annealed linearly over rounds to this value in the last round
     c.stochastic_steps = 2  # target='stochastic': teacher ancestral steps per student step
     return c
-
-
-def grid_time(u: Array, grid: str) -> Array:
-    """Time t of grid coordinate u in [0, 1] (u = 1 - i / T at step i of `ancestral.time_grid`)."""
-    if grid == "uniform":
-        return u
-    if grid == "cosine":
-        return jnp.sin(0.5 * math.pi * u)
-    raise ConfigError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
 
 
 def token_divergence(student_logits_BxLxV: Array, teacher_logits_BxLxV: Array, kind: str) -> Array:
@@ -219,12 +209,6 @@ class ConsistencyDistillationObjective(MaskedDiffusionObjective):
         batch, length = needed_BxL.shape
         return chunked_token_values(fn, xs, resolve_chunk(self.loss_chunk, batch, length, self.vocab_size), needed_BxL)
 
-    def grid_coordinate(self, t_B: Array) -> Array:
-        """u with grid_time(u) = t (the inverse of `grid_time` on [0, 1])."""
-        if self.grid == "uniform":
-            return t_B
-        return (2.0 / math.pi) * jnp.arcsin(jnp.clip(t_B, 0.0, 1.0))
-
     def stochastic_target(self, teacher, tokens_BxL: Array, z_t_BxL: Array, t_B: Array, s_B: Array, tau, key: Array) -> Array:
         """float32[B, L, V]: SDTT target logits from `stochastic_steps` teacher ancestral steps from t to s.
 
@@ -234,7 +218,7 @@ class ConsistencyDistillationObjective(MaskedDiffusionObjective):
         """
         n = self.stochastic_steps
         batch, length = z_t_BxL.shape
-        u_t, u_s = self.grid_coordinate(t_B), self.grid_coordinate(s_B)
+        u_t, u_s = grid_coordinate(t_B, self.grid), grid_coordinate(s_B, self.grid)
         times = [grid_time(u_t + (k / n) * (u_s - u_t), self.grid) for k in range(n)]
         z, target = z_t_BxL, None
         for k in range(n):

@@ -36,7 +36,7 @@ from mdm.energy.network import EnergyNetwork, copy_backbone
 from mdm.errors import ConfigError
 from mdm.networks import Transformer
 from mdm.objectives.base import Objective, per_example_sums, shared_fields
-from mdm.samplers.categorical import sample_categorical
+from mdm.categorical import sample_categorical
 from mdm.schedules import Schedule, make_schedule
 
 NAME = "edlm_nce"

@@ -13,13 +13,14 @@ import dataclasses
 import functools
 from typing import Callable
 
-from mdm.samplers.ancestral import GRIDS, ancestral_sample, time_grid
+from mdm.samplers.ancestral import ancestral_sample
 from mdm.samplers.base import Denoiser, SampleOutput, TokenDraw, TokenSampling
-from mdm.samplers.categorical import METHODS, filter_logits, sample_categorical
+from mdm.categorical import METHODS, filter_logits, sample_categorical
 from mdm.samplers.confidence import ORDERS, confidence_sample
 from mdm.samplers.first_hitting import first_hitting_sample
 from mdm.samplers.importance import ImportanceSampleOutput, check_importance_settings, importance_sample
 from mdm.schedules import Schedule
+from mdm.time_grids import GRIDS, time_grid
 
 SAMPLERS = ("fhs", "ancestral", "confidence", "edlm")
 # EDLM importance-sampling presets (K candidates, window w): the paper's speed runs and its Table 3.

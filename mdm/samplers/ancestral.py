@@ -20,27 +20,13 @@ lower-entropy finish often used with few-step distilled students. Off by default
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax import Array
 
 from mdm.samplers.base import Denoiser, SampleOutput, TokenDraw, TokenSampling, row_uniform, split_rows
 from mdm.schedules import Schedule
-
-GRIDS = ("uniform", "cosine")
-
-
-def time_grid(steps: int, grid: str = "uniform") -> Array:
-    """float32[steps + 1] decreasing from 1 to 0: 'uniform' in t, or 'cosine' t_i = cos(pi i / 2T)."""
-    i = jnp.arange(steps + 1, dtype=jnp.float32) / steps
-    if grid == "uniform":
-        return 1.0 - i
-    if grid == "cosine":
-        return jnp.where(i < 1, jnp.cos(0.5 * math.pi * i), 0.0)
-    raise ValueError(f"unknown time grid {grid!r}; choose one of {', '.join(GRIDS)}")
-
+from mdm.time_grids import time_grid
 
 def ancestral_sample(
     denoiser: Denoiser,

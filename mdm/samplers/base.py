@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from mdm.samplers.categorical import filter_logits, sample_categorical
+from mdm.categorical import filter_logits, sample_categorical
+from mdm.process import Denoiser as Denoiser  # the seam's input type, re-exported
 
-Denoiser = Callable[[Array, Array], Array]
 # (keys uint32[B, 2], logits float[B, L, V], tokens int[B, L]) -> proposed x_0 int[B, L]
 TokenDraw = Callable[[Array, Array, Array], Array]
 
@@ -38,7 +38,7 @@ class TokenSampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    method: str = "exact"  # see samplers.categorical: 'exact', 'gumbel_f32', 'gumbel_high'
+    method: str = "exact"  # see mdm.categorical: 'exact', 'gumbel_f32', 'gumbel_high'
 
     def __call__(self, keys_B: Array, logits_BxLxV: Array, tokens_BxL: Array) -> Array:
         del tokens_BxL

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 from jax import Array
 
 from mdm.energy import Energy, denoiser_log_prob
-from mdm.samplers.ancestral import time_grid
+from mdm.time_grids import time_grid
 from mdm.samplers.base import Denoiser, TokenDraw, TokenSampling, row_uniform, split_rows
-from mdm.samplers.categorical import sample_categorical
+from mdm.categorical import sample_categorical
 from mdm.schedules import Schedule
 
 PICK_STREAM = 1  # fold_in(unmask key, PICK_STREAM) is the resampling key
