@@ -55,7 +55,7 @@ def check_flags(flags: dict) -> None:
 
 
 def _run(argv: list[str]) -> None:
-    from mdm.config import parse_flags
+    from mdm.cli import parse_flags
     from mdm.generation import SAMPLER_FLAGS
 
     flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS})

@@ -42,7 +42,7 @@ RUN_FLAGS = {
 
 
 def _run(argv: list[str]) -> None:
-    from mdm.config import parse_flags
+    from mdm.cli import parse_flags
     from mdm.errors import ConfigError
     from mdm.generation import ENERGY_FLAGS, SAMPLER_FLAGS
 

@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 def _run(argv: list[str]) -> None:
     import jax
 
-    from mdm.config import parse_command_line
+    from mdm.cli import parse_command_line
     from mdm.distributed import initialize_from_env
     from mdm.loop import run
 

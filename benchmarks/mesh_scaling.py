@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.table import print_table  # noqa: E402
 from benchmarks.train_throughput import time_train_steps  # noqa: E402
-from mdm.config import load_config, validate  # noqa: E402
+from mdm.config import validate  # noqa: E402
+from mdm.cli import load_config  # noqa: E402
 from mdm.experiment import build, sharded_abstract_state  # noqa: E402
 from mdm.flops import train_flops_per_token  # noqa: E402
 from mdm.sharding import activation_sharding, batch_sharding, make_mesh, rules_from_config  # noqa: E402

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.table import print_table  # noqa: E402
 from mdm import precision  # noqa: E402
-from mdm.config import load_config, validate  # noqa: E402
+from mdm.config import validate  # noqa: E402
+from mdm.cli import load_config  # noqa: E402
 from mdm.experiment import build, model_config  # noqa: E402
 from mdm.flops import matmul_params, train_flops_per_token  # noqa: E402
 from mdm.networks import Transformer, attention  # noqa: E402

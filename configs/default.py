@@ -4,7 +4,7 @@ Trains on 2 CPU cores in a few minutes and clearly learns (validation bits/byte 
 corpus' unigram entropy).
 """
 
-from mdm.config import tiny_cpu_config
+from mdm.presets import tiny_cpu_config
 
 
 def get_config():

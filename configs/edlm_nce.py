@@ -11,7 +11,7 @@ Sample with: python sample.py --workdir runs/default --sampler edlm --energy nce
 
 import pathlib
 
-from mdm.config import load_config
+from mdm.cli import load_config
 
 
 def get_config():

@@ -10,7 +10,7 @@ student made for `sample.py --sampler ancestral --steps 8`.
 
 import pathlib
 
-from mdm.config import load_config
+from mdm.cli import load_config
 
 
 def get_config():

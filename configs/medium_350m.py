@@ -2,7 +2,7 @@
 
 import pathlib
 
-from mdm.config import load_config
+from mdm.cli import load_config
 
 
 def get_config():

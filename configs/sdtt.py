@@ -5,7 +5,7 @@ python train.py --config configs/sdtt.py --workdir runs/sdtt --config.init.workd
 
 import pathlib
 
-from mdm.config import load_config
+from mdm.cli import load_config
 
 
 def get_config():

@@ -1,13 +1,23 @@
-"""What the command-line scripts share: quiet logging and one-line errors."""
+"""The command line: one flag parser for every script, config files and overrides, quiet logging
+and one-line errors.
+
+Flags are `--name=value` or `--name value`, typed by their defaults; scripts that take a config
+also accept `--config PATH` and `--config.section.key=value` for any key of `base_config()`.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import logging
 import os
 import pathlib
 import sys
-from typing import Callable
+from typing import Any, Callable, Sequence
 
+import ml_collections
+
+from mdm.config import base_config, check_keys, validate
 from mdm.errors import ConfigError, MdmError
 
 
@@ -41,3 +51,123 @@ def prepare_output(path: str, flag: str = "--output") -> pathlib.Path:
     if not os.access(out.parent, os.W_OK):
         raise ConfigError(f"{flag} {out}: the directory {out.parent} is not writable; give a writable path")
     return out
+
+
+def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """Imports `get_config()` from a config file; the result is locked (no new keys)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass --config configs/<name>.py")
+    spec = importlib.util.spec_from_file_location(f"mdm_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file: say which and why, in one line
+        raise ConfigError(f"config file {str(path)!r} failed to load: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {str(path)!r} defines no get_config()")
+    config = module.get_config()
+    check_keys(config, base_config())
+    config.lock()
+    return config
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+    """Converts the command-line string `text` to the type of the current value of `key`.
+
+    `key` is the flag as the user wrote it without dashes (e.g. 'config.model.d_model').
+    """
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--{key}={text}: expects a bool (true/false)")
+    if isinstance(current, str):
+        return text
+    expected = type(current).__name__
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--{key}={text}: expects {expected}, got {text!r}") from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, type(current)) or isinstance(value, bool) != isinstance(current, bool):
+        raise ConfigError(f"--{key}={text}: expects {expected}, got {type(value).__name__}")
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Sets the dotted `key` (e.g. 'model.d_model') from a command-line string."""
+    node = config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(parts[:i]) or "the top level"
+            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
+            raise ConfigError(f"unknown config key {key!r} (no {part!r} in {where}; known: {known})")
+        if i < len(parts) - 1:
+            node = node[part]
+    current = node[parts[-1]]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"--config.{key} is a section; set one of its keys, e.g. --config.{key}.{next(iter(current.keys()))}=..."
+        )
+    with node.unlocked():
+        node[parts[-1]] = _parse_value("config." + key, text, current)
+
+
+def parse_flags(
+    argv: Sequence[str], flags: dict[str, Any], allow_config: bool = False
+) -> tuple[dict[str, Any], str | None, list[tuple[str, str]]]:
+    """Parses `--name=value` / `--name value` flags typed by the defaults in `flags`.
+
+    With `allow_config`, also `--config PATH` and `--config.key=value` (returned as the config
+    path and a list of overrides). A bool flag may be given bare (`--flag`).
+    """
+    values = dict(flags)
+    config_path: str | None = None
+    overrides: list[tuple[str, str]] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; flags look like --name=value")
+        name, has_value, value = arg[2:].partition("=")
+        if not has_value:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            elif isinstance(flags.get(name), bool):
+                value = "true"
+            else:
+                raise ConfigError(f"flag --{name} needs a value: --{name}=VALUE")
+        if allow_config and name == "config":
+            config_path = value
+        elif allow_config and name.startswith("config."):
+            overrides.append((name[len("config.") :], value))
+        elif name in flags:
+            values[name] = _parse_value(name, value, flags[name])
+        else:
+            known = (["--config", "--config.KEY"] if allow_config else []) + [f"--{k}" for k in flags]
+            raise ConfigError(f"unknown flag --{name}; known flags: {', '.join(known)}")
+        i += 1
+    return values, config_path, overrides
+
+
+def parse_command_line(
+    argv: Sequence[str], default_config: str | pathlib.Path, extra_flags: dict[str, Any]
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """Parses `--config PATH`, `--config.key=value` and the flags named in `extra_flags`.
+
+    `extra_flags` maps a flag name to its default; its type decides the parsing. Returns the
+    overridden, validated config and the extra flag values.
+    """
+    flags, config_path, overrides = parse_flags(argv, extra_flags, allow_config=True)
+    config = load_config(config_path or default_config)
+    for key, value in overrides:
+        apply_override(config, key, value)
+    validate(config)
+    return config, flags

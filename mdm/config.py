@@ -1,4 +1,4 @@
-"""The configuration schema, command-line overrides and start-up validation.
+"""The configuration schema, start-up validation and the migration of saved configs.
 
 Configs are plain `ml_collections.ConfigDict`s. `base_config()` declares every key with its
 default; files in `configs/` start from it and change values only, so any key can be overridden
@@ -8,11 +8,7 @@ one line each, naming the key and the fix.
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import math
-import pathlib
-from typing import Any, Sequence
 
 import ml_collections
 
@@ -125,45 +121,6 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def tiny_cpu_config() -> ml_collections.ConfigDict:
-    """configs/default.py's model: a 4-layer MDM on the embedded byte corpus, a few minutes on
-    2 CPU cores (kept here, in the package, so installed code such as the notebooks has it)."""
-    c = base_config()
-    c.objective = "mdm"
-    c.model.num_layers = 4
-    c.model.d_model = 128
-    c.model.num_heads = 4
-    c.model.attention_chunk = 4  # CPU: keeps each chunk's attention scores in cache
-    c.model.mlp_dim = 384
-    c.data.source = "embedded"
-    c.data.seq_len = 128
-    c.train.batch_size = 32
-    c.train.num_steps = 1000
-    c.optim.lr = 2e-3
-    c.optim.warmup_steps = 50
-    c.diffusion.eval_t_samples = 4
-    return c
-
-
-def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """Imports `get_config()` from a config file; the result is locked (no new keys)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; pass --config configs/<name>.py")
-    spec = importlib.util.spec_from_file_location(f"mdm_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # a broken config file: say which and why, in one line
-        raise ConfigError(f"config file {str(path)!r} failed to load: {type(e).__name__}: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {str(path)!r} defines no get_config()")
-    config = module.get_config()
-    check_keys(config, base_config())
-    config.lock()
-    return config
-
-
 def check_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str = "") -> None:
     """Raises if `config` has a key that `schema` lacks, or lacks one it has."""
     for key in config.keys():
@@ -195,107 +152,6 @@ def config_from_saved(saved: dict) -> tuple[ml_collections.ConfigDict, list[str]
 
     merge(config, saved, "")
     return config, dropped
-
-
-def _parse_value(key: str, text: str, current: Any) -> Any:
-    """Converts the command-line string `text` to the type of the current value of `key`.
-
-    `key` is the flag as the user wrote it without dashes (e.g. 'config.model.d_model').
-    """
-    if isinstance(current, bool):
-        low = text.lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"--{key}={text}: expects a bool (true/false)")
-    if isinstance(current, str):
-        return text
-    expected = type(current).__name__
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ConfigError(f"--{key}={text}: expects {expected}, got {text!r}") from None
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, type(current)) or isinstance(value, bool) != isinstance(current, bool):
-        raise ConfigError(f"--{key}={text}: expects {expected}, got {type(value).__name__}")
-    return value
-
-
-def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Sets the dotted `key` (e.g. 'model.d_model') from a command-line string."""
-    node = config
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            where = ".".join(parts[:i]) or "the top level"
-            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
-            raise ConfigError(f"unknown config key {key!r} (no {part!r} in {where}; known: {known})")
-        if i < len(parts) - 1:
-            node = node[part]
-    current = node[parts[-1]]
-    if isinstance(current, ml_collections.ConfigDict):
-        raise ConfigError(
-            f"--config.{key} is a section; set one of its keys, e.g. --config.{key}.{next(iter(current.keys()))}=..."
-        )
-    with node.unlocked():
-        node[parts[-1]] = _parse_value("config." + key, text, current)
-
-
-def parse_flags(
-    argv: Sequence[str], flags: dict[str, Any], allow_config: bool = False
-) -> tuple[dict[str, Any], str | None, list[tuple[str, str]]]:
-    """Parses `--name=value` / `--name value` flags typed by the defaults in `flags`.
-
-    With `allow_config`, also `--config PATH` and `--config.key=value` (returned as the config
-    path and a list of overrides). A bool flag may be given bare (`--flag`).
-    """
-    values = dict(flags)
-    config_path: str | None = None
-    overrides: list[tuple[str, str]] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; flags look like --name=value")
-        name, has_value, value = arg[2:].partition("=")
-        if not has_value:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value = args[i + 1]
-                i += 1
-            elif isinstance(flags.get(name), bool):
-                value = "true"
-            else:
-                raise ConfigError(f"flag --{name} needs a value: --{name}=VALUE")
-        if allow_config and name == "config":
-            config_path = value
-        elif allow_config and name.startswith("config."):
-            overrides.append((name[len("config.") :], value))
-        elif name in flags:
-            values[name] = _parse_value(name, value, flags[name])
-        else:
-            known = (["--config", "--config.KEY"] if allow_config else []) + [f"--{k}" for k in flags]
-            raise ConfigError(f"unknown flag --{name}; known flags: {', '.join(known)}")
-        i += 1
-    return values, config_path, overrides
-
-
-def parse_command_line(
-    argv: Sequence[str], default_config: str | pathlib.Path, extra_flags: dict[str, Any]
-) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """Parses `--config PATH`, `--config.key=value` and the flags named in `extra_flags`.
-
-    `extra_flags` maps a flag name to its default; its type decides the parsing. Returns the
-    overridden, validated config and the extra flag values.
-    """
-    flags, config_path, overrides = parse_flags(argv, extra_flags, allow_config=True)
-    config = load_config(config_path or default_config)
-    for key, value in overrides:
-        apply_override(config, key, value)
-    validate(config)
-    return config, flags
 
 
 MAX_SEED = 2**31 - 1  # seeds are int32-safe: JAX keys, grain shuffles and NumPy generators all take them

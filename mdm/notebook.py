@@ -98,7 +98,8 @@ def tiny_default_config(num_steps: int | None = None, objective: str = "mdm"):
 
     Evaluates three times, checkpoints at the end, draws no samples.
     """
-    from mdm.config import tiny_cpu_config, validate
+    from mdm.config import validate
+    from mdm.presets import tiny_cpu_config
 
     c = tiny_cpu_config()
     c.objective = objective

@@ -165,8 +165,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from mdm.cli import run_cli
-    from mdm.config import parse_flags
+    from mdm.cli import parse_flags, run_cli
 
     def body(args: list[str]) -> None:
         flags, _, _ = parse_flags(args, {"vocab_size": 259, "seq_len": 128, "untied": False})

@@ -30,7 +30,8 @@ import sys
 import time
 from typing import Sequence, TextIO
 
-from mdm.config import apply_override, load_config, parse_flags, validate
+from mdm.config import validate
+from mdm.cli import apply_override, load_config, parse_flags
 from mdm.data import make_tokenizer
 from mdm.errors import ConfigError, MdmError
 from mdm.metrics import read_metrics

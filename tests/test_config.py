@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from mdm.config import base_config, load_config, parse_command_line, validate
+from mdm.config import base_config, validate
+from mdm.cli import load_config, parse_command_line
 from mdm.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

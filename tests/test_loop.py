@@ -140,7 +140,7 @@ def test_tiny_models_overfit_a_tiny_corpus(tmp_path, objective, threshold, steps
 
 
 def test_default_config_short_run_lowers_validation_loss(tmp_path):
-    from mdm.config import load_config
+    from mdm.cli import load_config
 
     config = load_config(ROOT / "configs" / "default.py")
     config.train.num_steps = 40

@@ -324,7 +324,7 @@ def test_student_sampled_off_its_grid_or_schedule_is_refused():
 
 
 def test_configs_mcd_needs_a_teacher_run():
-    from mdm.config import load_config
+    from mdm.cli import load_config
 
     c = load_config(pathlib.Path(__file__).parents[1] / "configs" / "mcd.py")
     assert c.objective == "mcd" and c.init.workdir == ""

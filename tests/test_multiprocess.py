@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mdm import data as mdm_data
-from mdm.config import apply_override, load_config
+from mdm.cli import apply_override, load_config
 from mdm.experiment import build
 from mdm.metrics import read_metrics
 from mdm.state import init_state, make_train_step

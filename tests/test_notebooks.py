@@ -27,7 +27,7 @@ from scipy import stats
 
 from mdm import notebook, unmasking
 from mdm.checkpoint import Checkpointer
-from mdm.config import load_config
+from mdm.cli import load_config
 from mdm.errors import CheckpointError, ConfigError
 from mdm.experiment import build
 from mdm.generation import generate, make_canvas

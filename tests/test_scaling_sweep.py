@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mdm.config import base_config, parse_command_line, validate
+from mdm.config import base_config, validate
+from mdm.cli import parse_command_line
 from mdm.errors import ConfigError
 from mdm.experiment import abstract_state, build
 from mdm.flops import nonembedding_params, total_params
