@@ -279,6 +279,7 @@ import tempfile
 from IPython.display import Markdown, display
 
 from mdm import notebook, plot
+from scaling_laws import notebook as sweep_notebook
 
 notebook.setup()
 print(notebook.describe_devices())
@@ -322,7 +323,7 @@ the parametric fit, with the fitted laws (exponents with 95 % bootstrap interval
         code(
             """
 if SWEEP_DIR:
-    summary, figures = notebook.sweep_report(SWEEP_DIR, bootstrap=BOOTSTRAP, bootstrap3=BOOTSTRAP // 10)
+    summary, figures = sweep_notebook.sweep_report(SWEEP_DIR, bootstrap=BOOTSTRAP, bootstrap3=BOOTSTRAP // 10)
     print("\\n".join(summary))
     for figure in figures:
         notebook.show_png(figure)
