@@ -55,17 +55,16 @@ def check_flags(flags: dict) -> None:
 
 
 def _run(argv: list[str]) -> None:
-    from mdm.cli import parse_flags
-    from mdm.generation import SAMPLER_FLAGS
+    from mdm.cli import parse_flags, sampler_flags
 
-    flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS})
+    flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **sampler_flags()})
     check_flags(flags)  # before any checkpoint is read or any batch evaluated
 
     import jax
 
     import mdm
     from mdm.loop import evaluate, load_eval_batches, make_eval_fn
-    from mdm.pretrained import load_trained
+    from mdm.trained import load_trained
 
     trained = load_trained(flags["workdir"], None if flags["step"] < 0 else flags["step"], flags["params"] == "ema")
     config, exp = trained.config, trained.experiment
@@ -94,17 +93,17 @@ def _run(argv: list[str]) -> None:
 
 def _sample_metrics(flags: dict, config, trained, exp) -> dict:
     """NFE, speed and entropy of `--num_samples` samples; gen. perplexity; synthetic fidelity."""
-    from mdm import evaluation
+    from mdm import evaluation, runs
+    from mdm.cli import settings_from_flags
     from mdm.data import MarkovLanguage
     from mdm.errors import CheckpointError
-    from mdm.generation import generate, make_canvas, settings_from_flags
-    from mdm.pretrained import load_trained
+    from mdm.generation import generate, make_canvas
+    from mdm.trained import load_trained
 
     record: dict = {}
     settings = settings_from_flags(flags, config.data.seq_len)
     out = generate(
         exp.objective,
-        config,
         trained.params,
         settings,
         make_canvas(exp.tokenizer, config.data.seq_len),
@@ -116,7 +115,7 @@ def _sample_metrics(flags: dict, config, trained, exp) -> dict:
     tokens = out["tokens"]
     record.update(
         {
-            "settings": vars(settings),
+            "settings": vars(out["settings"]),
             "num_samples": len(tokens),
             "nfe_total": out["nfe"],
             "nfe_per_batch": out["nfe"] / -(-len(tokens) // flags["batch_size"]),
@@ -128,12 +127,15 @@ def _sample_metrics(flags: dict, config, trained, exp) -> dict:
     record.update(evaluation.sample_entropy(tokens, ignore=(tok.bos_id, tok.eos_id, tok.pad_id)))
     if flags["evaluator"]:
         judge = load_trained(flags["evaluator"])
-        if judge.config.objective != "ar":
+        if judge.experiment.objective.decoding != "autoregressive":
             raise CheckpointError(f"--evaluator {flags['evaluator']} is a {judge.config.objective} run; give an AR run")
-        if judge.experiment.tokenizer.vocab_size != tok.vocab_size or judge.config.data.tokenizer != config.data.tokenizer:
-            raise CheckpointError(
-                "--evaluator uses another tokenizer than the evaluated run; train it on the same data.tokenizer"
-            )
+        runs.check_compatible(
+            config,
+            judge.config,
+            ("tokenizer",),
+            lambda key, mine, theirs: f"--evaluator was trained with {key}={theirs!r} but the evaluated run has {mine!r}; "
+            f"train it with --config.{key}={mine!r}",
+        )
         record["evaluator"] = flags["evaluator"]
         record.update(evaluation.generative_perplexity(judge.experiment.objective, judge.params, tokens, flags["batch_size"]))
     if config.data.source == "synthetic":

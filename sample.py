@@ -27,6 +27,13 @@ import sys
 
 from mdm.cli import prepare_output, run_cli
 
+# Flags that choose the energy of the 'edlm' sampler.
+ENERGY_FLAGS = {
+    "energy": "",  # 'ar' (an AR run: carry-over AR energy) or 'nce' (a trained NCE energy run)
+    "energy_workdir": "",
+    "energy_step": -1,  # its checkpoint (-1: the latest)
+    "ar_carry_over": True,  # --energy ar: coAR (normalised, the default) or the plain AR energy
+}
 RUN_FLAGS = {
     "workdir": "runs/default",
     "step": -1,
@@ -41,12 +48,32 @@ RUN_FLAGS = {
 }
 
 
-def _run(argv: list[str]) -> None:
-    from mdm.cli import parse_flags
+def check_energy_flags(flags: dict) -> None:
+    """The edlm flags, checked before anything is loaded (one-line ConfigErrors)."""
     from mdm.errors import ConfigError
-    from mdm.generation import ENERGY_FLAGS, SAMPLER_FLAGS
+    from mdm.samplers import EDLM_PRESETS
+    from mdm.samplers.importance import check_importance_settings
+    from mdm.trained import check_energy_source
 
-    flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **SAMPLER_FLAGS, **ENERGY_FLAGS})
+    if flags["sampler"] == "edlm" and not flags["energy"]:
+        raise ConfigError("--sampler edlm needs an energy: pass --energy ar|nce --energy_workdir DIR")
+    if flags["energy"] and flags["sampler"] != "edlm":
+        raise ConfigError(f"--energy is used by --sampler edlm only (got --sampler {flags['sampler']})")
+    try:
+        check_importance_settings(flags["is_k"], flags["is_window"], flags["is_temp"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if flags["is_preset"] and flags["is_preset"] not in EDLM_PRESETS:
+        raise ConfigError(f"--is_preset={flags['is_preset']}: choose one of {', '.join(EDLM_PRESETS)}")
+    if flags["energy"]:
+        check_energy_source(flags["energy"], flags["energy_workdir"])
+
+
+def _run(argv: list[str]) -> None:
+    from mdm.cli import parse_flags, sampler_flags
+    from mdm.errors import ConfigError
+
+    flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **sampler_flags(), **ENERGY_FLAGS})
     if flags["params"] not in ("ema", "raw"):
         raise ConfigError(f"--params={flags['params']}: choose ema or raw")
     if flags["num_samples"] < 1 or flags["batch_size"] < 1:
@@ -55,17 +82,14 @@ def _run(argv: list[str]) -> None:
         prepare_output(flags["output"])
 
     import mdm
-    from mdm.generation import check_energy_flags, generate, load_energy, make_canvas, settings_from_flags
-    from mdm.pretrained import load_trained
+    from mdm.cli import settings_from_flags
+    from mdm.generation import generate, make_canvas
+    from mdm.trained import load_energy, load_trained
 
     check_energy_flags(flags)  # before any checkpoint is read
     trained = load_trained(flags["workdir"], None if flags["step"] < 0 else flags["step"], flags["params"] == "ema")
     seq_len = trained.config.data.seq_len
     settings = settings_from_flags(flags, seq_len)
-    try:
-        settings.validate(seq_len)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
     energy, energy_record = None, {}
     if flags["energy"]:
         energy, energy_record = load_energy(
@@ -81,7 +105,6 @@ def _run(argv: list[str]) -> None:
     canvas = make_canvas(tokenizer, seq_len, flags["prompt"], flags["infill"])
     out = generate(
         trained.experiment.objective,
-        trained.config,
         trained.params,
         settings,
         canvas,
@@ -97,7 +120,7 @@ def _run(argv: list[str]) -> None:
         "checkpoint_step": trained.step,
         "params": flags["params"],
         "objective": trained.config.objective,
-        "settings": vars(settings),
+        "settings": vars(out["settings"]),
         "seed": flags["seed"],
         "prompt": flags["prompt"],
         "infill": flags["infill"],

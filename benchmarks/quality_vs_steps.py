@@ -38,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.table import print_table  # noqa: E402
 from mdm import evaluation  # noqa: E402
 from mdm.data import MarkovLanguage  # noqa: E402
-from mdm.generation import generate, load_energy, make_canvas  # noqa: E402
-from mdm.pretrained import load_trained  # noqa: E402
+from mdm.generation import generate, make_canvas  # noqa: E402
+from mdm.trained import load_energy  # noqa: E402
+from mdm.trained import load_trained  # noqa: E402
 from mdm.samplers import SamplerSettings  # noqa: E402
 
 
@@ -108,7 +109,6 @@ def main() -> None:
             def draw(n: int, settings=settings, trained=trained, energy=energy) -> dict:
                 return generate(
                     exp.objective,
-                    config,
                     trained.params,
                     settings,
                     canvas,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.table import print_table  # noqa: E402
 from mdm import evaluation  # noqa: E402
 from mdm.generation import generate, make_canvas  # noqa: E402
-from mdm.pretrained import load_trained  # noqa: E402
+from mdm.trained import load_trained  # noqa: E402
 from mdm.samplers import SamplerSettings  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main() -> None:
 
         def run(n: int, settings=settings) -> dict:
             return generate(
-                exp.objective, config, trained.params, settings, canvas, n, seed=0, batch_size=args.batch_size, progress=False
+                exp.objective, trained.params, settings, canvas, n, seed=0, batch_size=args.batch_size, progress=False
             )
 
         run(args.batch_size)  # compile

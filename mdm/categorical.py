@@ -6,7 +6,8 @@ truncation. The float32 Gumbel-max of `jax.random.categorical(mode="low")` stays
 "gumbel_f32" to demonstrate that truncation: its uniforms sit on a 2^-23 grid, so its Exp(1)
 noise E = -log u never goes below ~2^-23. A token whose weight is r times the rest's is then drawn
 at x / (e^x - 1) of its rate, x = 2^-23 / r (7.5% at r = 2^-25), which lowers the effective
-temperature (research/fhs_and_sampling.md §8, research/pitfalls.md §1).
+temperature (Zheng et al., "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+Exploit Inaccurate Categorical Sampling", arXiv:2409.02908, show the effect on MDM samples).
 
 With JAX's default threefry layout the same key gives "exact" and "gumbel_f32" the same leading
 bits (a JAX implementation detail, not relied on), so the two usually draw the same index and

@@ -1,6 +1,6 @@
 """Checkpoints with orbax: train state, data-iterator state and config, committed atomically.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data,config}`; `data` holds every process's
+Each step (laid out by `mdm.runs`) holds state, data and config; `data` holds every process's
 data-iterator position (gathered to process 0, which writes JSON items). orbax writes each step
 into a temporary directory and renames it when complete, so a killed run leaves either a whole
 checkpoint or none; the last `keep` are kept.
@@ -21,48 +21,18 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
 
+from mdm import runs
 from mdm.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-# Config sections whose values fix the shapes of the saved arrays or the meaning of the tokens.
-_SHAPE_KEYS = (
-    "objective",
-    "model.num_layers",
-    "model.d_model",
-    "model.num_heads",
-    "model.mlp_dim",
-    "model.tie_embeddings",
-    "model.time_conditioning",
-    "data.tokenizer",
-    "data.source",
-    "data.synthetic_vocab",
-)
-
-
-def _get(d: dict, dotted: str):
-    """d['a']['b'] for 'a.b', or None where a level is missing (a config from an older version)."""
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-def as_path(workdir: str | pathlib.Path) -> epath.Path:
-    """A workdir as an absolute local path, or a cloud URL (gs://...) kept as it is."""
-    text = str(workdir)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
-
-
 class Checkpointer:
     """Saves and restores (state, data-iterator state, config) under `<workdir>/checkpoints`."""
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 2, save_every: int | None = None):
-        self.directory = as_path(workdir) / "checkpoints"
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+        self.directory = runs.checkpoint_dir(workdir)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
@@ -185,12 +155,13 @@ def gather_json(value: dict) -> list[dict]:
 
 
 def check_compatible(saved: dict, config: ml_collections.ConfigDict, where: pathlib.Path) -> None:
-    """Raises a one-line CheckpointError when the saved config fixes other shapes or tokens."""
-    current = config.to_dict()
-    for key in _SHAPE_KEYS:
-        old, new = _get(saved, key), _get(current, key)
-        if old is not None and old != new:
-            raise CheckpointError(
-                f"checkpoint {where} was trained with {key}={old!r} but the config has {key}={new!r}; "
-                f"pass --config.{key}={old!r} or use a new --workdir"
-            )
+    """Raises a one-line CheckpointError when the saved config fixes other shapes, tokens or data."""
+    runs.check_compatible(
+        config,
+        saved,
+        ("objective", "shapes", "tokenizer", "data"),
+        lambda key, new, old: (
+            f"checkpoint {where} was trained with {key}={old!r} but the config has {key}={new!r}; "
+            f"pass --config.{key}={old!r} or use a new --workdir"
+        ),
+    )

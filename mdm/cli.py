@@ -8,6 +8,7 @@ also accept `--config PATH` and `--config.section.key=value` for any key of `bas
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -171,3 +172,38 @@ def parse_command_line(
         apply_override(config, key, value)
     validate(config)
     return config, flags
+
+
+def sampler_flags() -> dict[str, Any]:
+    """The sampler flags of sample.py and evaluate.py, one per `SamplerSettings` field with its
+    default (0 stands for None: exact FHS steps, one block), plus `is_preset` ('speed' or 'quality'
+    sets EDLM's is_k and is_window)."""
+    from mdm.samplers import SamplerSettings
+
+    flags = {f.name: (0 if f.default is None else f.default) for f in dataclasses.fields(SamplerSettings)}
+    return {**flags, "is_preset": ""}
+
+
+def settings_from_flags(flags: dict[str, Any], seq_len: int):
+    """The validated `SamplerSettings` of parsed `sampler_flags()`; ancestral, confidence and
+    edlm default to seq_len steps. Problems are one-line ConfigErrors."""
+    from mdm.samplers import EDLM_PRESETS, SamplerSettings
+
+    values = {f.name: flags[f.name] for f in dataclasses.fields(SamplerSettings)}
+    values.update({f.name: None for f in dataclasses.fields(SamplerSettings) if f.default is None and not values[f.name]})
+    if values["steps"] is None and values["sampler"] != "fhs":
+        values["steps"] = seq_len
+    preset = flags.get("is_preset", "")
+    if preset:
+        if preset not in EDLM_PRESETS:
+            raise ConfigError(f"--is_preset={preset}: choose one of {', '.join(EDLM_PRESETS)}")
+        defaults = SamplerSettings()
+        if (values["is_k"], values["is_window"]) != (defaults.is_k, defaults.is_window):
+            raise ConfigError("give --is_preset or --is_k/--is_window, not both")
+        values.update(EDLM_PRESETS[preset])
+    settings = SamplerSettings(**values)
+    try:
+        settings.validate(seq_len)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return settings

@@ -15,7 +15,8 @@ import ml_collections
 from mdm.errors import ConfigError
 from mdm.networks.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from mdm.networks.transformer import REMAT_POLICIES
-from mdm.objectives import OBJECTIVES, mcd, nce
+from mdm.objectives import OBJECTIVES, REGISTRY, mcd, nce
+from mdm.sharding import DEFAULT_RULES, rules_to_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -88,24 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); one -1 takes the rest
-    # logical axis -> mesh axes ('' = replicated, 'data+fsdp' = both), for params and activations
-    c.mesh.rules = ml_collections.ConfigDict(
-        {
-            "batch": "data+fsdp",
-            "embed": "fsdp",
-            "vocab": "tensor",
-            "heads": "tensor",
-            "mlp": "tensor",
-            "adaln": "tensor",
-            "kv": "",
-            "qkv": "",
-            "gate": "",
-            "norm": "",
-            "time": "",
-            "length": "",
-            "embed_act": "",
-        }
-    )
+    # logical axis -> mesh axes ('' = replicated, 'data+fsdp' = both), for params and activations;
+    # the defaults are mdm.sharding.DEFAULT_RULES, the one rules table
+    c.mesh.rules = ml_collections.ConfigDict(rules_to_config(DEFAULT_RULES))
 
     c.mcd = mcd.config_section()
     c.nce = nce.config_section()
@@ -165,6 +151,15 @@ def _require(ok: bool, message: str) -> None:
 def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     """Checks values that cannot work together; each failure is one line with the fix."""
     check_keys(c, base_config())
+    _validate_run(c)
+    _validate_model(c)
+    _validate_diffusion(c)
+    _validate_data(c)
+    _validate_train(c, process_count)
+    _validate_mesh_init_sample(c)
+
+
+def _validate_run(c: ml_collections.ConfigDict) -> None:
     _require(
         0 <= c.seed <= MAX_SEED,
         f"seed={c.seed} must lie in [0, 2**31 - 1 = {MAX_SEED}], e.g. --config.seed=0",
@@ -175,16 +170,19 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     )
     _require(c.objective in OBJECTIVES, f"objective={c.objective!r}: choose one of {', '.join(OBJECTIVES)}")
     _require(
-        c.objective not in ("mcd", "edlm_nce") or bool(c.init.workdir),
+        not REGISTRY[c.objective].needs_init or bool(c.init.workdir),
         f"objective={c.objective!r} starts from a trained MDM: name its run with --config.init.workdir=runs/<mdm run>",
     )
+
+
+def _validate_model(c: ml_collections.ConfigDict) -> None:
     m = c.model
     for key in ("num_layers", "d_model", "num_heads", "mlp_dim"):
         _require(m[key] >= 1, f"model.{key}={m[key]} must be >= 1")
     _require(m.d_model % m.num_heads == 0, f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}")
     _require((m.d_model // m.num_heads) % 2 == 0, f"head dim d_model/num_heads={m.d_model // m.num_heads} must be even for RoPE")
     _require(
-        not (c.objective == "ar" and m.time_conditioning),
+        not (REGISTRY[c.objective].causal and m.time_conditioning),
         "model.time_conditioning=true needs objective='mdm' (an AR model has no t)",
     )
     _require(
@@ -198,6 +196,9 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _require(m.attention_chunk >= 0, f"model.attention_chunk={m.attention_chunk} must be >= 0 (0: whole batch)")
     _require(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: choose 'float32' or 'bfloat16'")
     _require(m.remat in REMAT_POLICIES, f"model.remat={m.remat!r}: choose one of {', '.join(REMAT_POLICIES)}")
+
+
+def _validate_diffusion(c: ml_collections.ConfigDict) -> None:
     d = c.diffusion
     _require(
         d.schedule in ("linear", "cosine", "polynomial"),
@@ -211,6 +212,9 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
         d.eval_estimator in ("continuous", "count"),
         f"diffusion.eval_estimator={d.eval_estimator!r}: choose 'continuous' or 'count'",
     )
+
+
+def _validate_data(c: ml_collections.ConfigDict) -> None:
     data = c.data
     _require(
         data.source in ("embedded", "text", "tfds", "synthetic"),
@@ -221,6 +225,9 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _require(data.mode in ("pack", "pad"), f"data.mode={data.mode!r}: choose 'pack' or 'pad'")
     _require(data.seq_len >= 2, f"data.seq_len={data.seq_len} must be >= 2")
     _require(0 <= data.val_percent < 100, f"data.val_percent={data.val_percent} must lie in [0, 100)")
+
+
+def _validate_train(c: ml_collections.ConfigDict, process_count: int) -> None:
     t = c.train
     _require(t.num_steps >= 1, f"train.num_steps={t.num_steps} must be >= 1: set --config.train.num_steps=N (N >= 1)")
     _require(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1: set --config.train.batch_size=N (N >= 1)")
@@ -257,6 +264,9 @@ def validate(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     )
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batches", "eval_batch_size"):
         _require(t[key] >= 1, f"train.{key}={t[key]} must be >= 1")
+
+
+def _validate_mesh_init_sample(c: ml_collections.ConfigDict) -> None:
     _require(
         isinstance(c.mesh.shape, tuple) and len(c.mesh.shape) == 3,
         f"mesh.shape={c.mesh.shape!r} must be a (data, fsdp, tensor) tuple, e.g. --config.mesh.shape='(1,-1,1)'",

@@ -1,31 +1,21 @@
-"""The masked/Gaussian duality: the masking schedule as the projection of a Gaussian latent.
+"""The masked/Gaussian duality (DUO: Sahoo et al., 2025, "The Diffusion Duality", arXiv:2506.10892).
 
-A clean token k gets the latent w_t = a_t e_k + s_t eps (eps ~ N(0, I_V), a_t^2 + s_t^2 = 1,
-SNR mu_t = a_t / s_t) and stays visible while argmax(w_t) is still k, else it becomes the mask
-("maximum-value index preservation"). Since argmax(w_t) = k <=> mu_t > Y with the per-token
-scalar Y = max_{j != k} eps_j - eps_k, which does not depend on t, the induced schedule is
+A clean token k gets the latent w_t = a_t e_k + s_t eps (eps ~ N(0, I_V), a_t^2 + s_t^2 = 1, SNR
+mu_t = a_t / s_t) and stays visible while argmax(w_t) = k, else it becomes the mask. That holds
+iff mu_t > Y = max_{j != k} eps_j - eps_k, so the induced schedule is alpha_t = F_Y(mu_t), with
+F_Y(mu) = int phi(e) Phi(mu + e)^(V-1) de strictly increasing (`keep_probability`); every
+schedule is the projection of the SNR mu_t = F_Y^-1(alpha_t) (`snr_from_mask_prob`).
 
-    alpha_t = F_Y(mu_t) = int phi(e) Phi(mu_t + e)^(V-1) de,
-
-strictly increasing in mu (its density is `keep_density`), so every library schedule is the
-projection of the Gaussian SNR mu_t = F_Y^-1(alpha_t); and with eps shared across times the projection is MDLM's absorbing
-process jointly over all t: a token masked at t stays masked at every later time. F_Y(0) = 1/V
-(by symmetry) and F_Y(mu) = Phi(mu / sqrt 2) for V = 2.
-
-Coupled pairs (z_t, z_s), s < t, from shared per-token noise (research/mcd.md §3), with the same
-per-example randomness (row b from fold_in(key, b)) in every construction:
-- 'uniform':  u ~ U(0, 1) per token; masked at t iff u < 1 - alpha_t (= F_Y(Y) > alpha_t). O(B L),
-  and z_t is exactly `process.forward_mask` with the same uniforms.
-- 'gaussian': e_k ~ N(0, 1) and the max M of V - 1 standard normals by inverse CDF; Y = M - e_k;
-  visible at t iff mu_t > Y. O(B L), no vocabulary axis.
-- 'literal':  eps ~ N(0, I_V) per token; visible iff argmax(a_t e_k + s_t eps) = k. O(B L V):
-  small vocabularies and tests only.
-All three have the same joint law of (z_t, z_s); z_s reveals a superset of z_t in every draw.
+`coupled_pair` draws (z_t, z_s), s < t, from shared per-token noise by one of COUPLINGS, with
+row b's noise from fold_in(key, b) in each: 'uniform' (one uniform per token, O(B L), z_t is
+`process.forward_mask` with the same uniforms), 'gaussian' (Y from e_k and the inverse-CDF
+maximum of V - 1 normals, O(B L)) or 'literal' (the argmax of the V-dimensional latent, O(B L V),
+for small vocabularies and tests). All three have the same joint law, and z_s reveals a
+superset of z_t in every draw. docs/duality.md has the derivation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -34,8 +24,6 @@ import numpy as np
 from jax import Array
 from jax.scipy.special import log_ndtr, ndtr, ndtri
 from scipy import special
-
-from mdm.schedules import Schedule
 
 COUPLINGS = ("uniform", "gaussian", "literal")
 
@@ -66,6 +54,8 @@ def _quadrature(mu: Array, vocab_size: int) -> tuple[Array, Array, Array]:
     step = e[1] - e[0]
     w = jnp.exp(-0.5 * e * e) / jnp.sqrt(2.0 * jnp.pi).astype(dtype) * step
     w = w.at[0].multiply(0.5).at[-1].multiply(0.5)
+    grid = (1,) * mu.ndim + (_E_POINTS,)  # e and w broadcast against mu[..., None] explicitly
+    e, w = e.reshape(grid), w.reshape(grid)
     z = mu.astype(dtype)[..., None] + e
     log_phi = log_normal_cdf(z)
     log_c = (vocab_size - 1) * log_phi  # log P(M < mu + e), M the max of V - 1 normals
@@ -139,15 +129,6 @@ def snr_from_mask_prob(mask_prob: Array, vocab_size: int, newton_steps: int = 3)
     return jnp.where(m <= 0.0, jnp.inf, jnp.where(m >= 1.0, -jnp.inf, mu))
 
 
-def snr_from_alpha(alpha: Array, vocab_size: int, newton_steps: int = 3) -> Array:
-    """mu = F_Y^-1(alpha), keeping relative precision where alpha is tiny (use `snr_from_mask_prob`
-    where 1 - alpha is tiny). alpha 1 gives +inf and 0 gives -inf."""
-    a = jnp.asarray(alpha, jnp.result_type(jnp.asarray(alpha).dtype, jnp.float32))
-    a_in = jnp.where((a > 0) & (a < 1), a, 0.5)
-    mu = _snr_from_logit(jnp.log(a_in) - jnp.log1p(-a_in), vocab_size, newton_steps)
-    return jnp.where(a >= 1.0, jnp.inf, jnp.where(a <= 0.0, -jnp.inf, mu))
-
-
 def signal_and_noise(mu: Array) -> tuple[Array, Array]:
     """(a, s) with a / s = mu and a^2 + s^2 = 1 (variance preserving); mu = +-inf gives (+-1, 0)."""
     mu = jnp.asarray(mu)
@@ -158,45 +139,6 @@ def signal_and_noise(mu: Array) -> tuple[Array, Array]:
     a = jnp.where(big, jnp.sign(mu) / root_big, mu / root_small)
     s = jnp.where(big, jnp.abs(inv) / root_big, 1.0 / root_small)
     return a, s
-
-
-def gamma_from_snr(mu: Array) -> Array:
-    """DUO's log noise-to-signal ratio gamma = log(s^2 / a^2) = -2 log mu (mu > 0)."""
-    return -2.0 * jnp.log(mu)
-
-
-def snr_from_gamma(gamma: Array) -> Array:
-    """mu = exp(-gamma / 2), so a^2 = sigmoid(-gamma) and s^2 = sigmoid(gamma)."""
-    return jnp.exp(-0.5 * jnp.asarray(gamma))
-
-
-def alpha_from_gamma(gamma: Array, vocab_size: int) -> Array:
-    """The masking schedule value alpha = F_Y(exp(-gamma / 2)) of a DUO-style Gaussian log-SNR."""
-    return keep_probability(snr_from_gamma(gamma), vocab_size)
-
-
-@dataclasses.dataclass(frozen=True)
-class GaussianLatent:
-    """A library schedule seen as a Gaussian latent: mu(t) = F_Y^-1(alpha(t)) for V tokens."""
-
-    schedule: Schedule
-    vocab_size: int
-
-    def snr(self, t: Array) -> Array:
-        """mu(t), float[...]; +inf where alpha(t) = 1."""
-        return snr_from_mask_prob(self.schedule.mask_prob(jnp.asarray(t, jnp.float32)), self.vocab_size)
-
-    def signal_and_noise(self, t: Array) -> tuple[Array, Array]:
-        """(a_t, s_t) of w_t = a_t e_k + s_t eps."""
-        return signal_and_noise(self.snr(t))
-
-    def gamma(self, t: Array) -> Array:
-        """gamma(t) = -2 log mu(t) (defined where alpha(t) > 1/V, i.e. mu > 0)."""
-        return gamma_from_snr(self.snr(t))
-
-    def alpha(self, t: Array) -> Array:
-        """alpha(t) recomputed from the latent, F_Y(mu(t)): equals schedule.alpha(t) (the round trip)."""
-        return keep_probability(self.snr(t), self.vocab_size)
 
 
 def max_of_normals(u: Array, count: int) -> Array:

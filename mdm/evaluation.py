@@ -1,6 +1,6 @@
 """Sample-quality metrics: generative perplexity, sample entropy, exact likelihood on synthetic data.
 
-Conventions (pitfalls §3): generative perplexity pools token NLLs over all samples,
+Conventions: generative perplexity pools token NLLs over all samples,
 exp(sum NLL / sum tokens), so it does not depend on how samples are batched; entropies are
 reported in both nats and bits; nothing is silently rejected or resampled.
 """

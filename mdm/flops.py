@@ -1,34 +1,18 @@
 """FLOP and parameter accounting: the one formula the benchmarks and scaling-law tools use.
 
-Training FLOPs per token (forward + backward), for either objective:
+Training FLOPs per token (forward + backward): F_tok = 6 N_mm + 12 n_layers L d_model.
+N_mm (`matmul_params`) counts the weights every token multiplies (per layer q, k, v, o: 4 d^2;
+SwiGLU: 3 d f; the output head d V, tied or not); the embedding lookup, norms, RoPE and the
+once-per-sequence adaLN are not counted. 12 n_layers L d is attention's QK^T and AV, the same for
+the bidirectional MDM and the causal AR model (the attention computes the full L x L scores and
+masks them); `causal_skip=True` halves it, the count for a kernel that skips masked blocks.
+This is the Kaplan/Chinchilla convention with attention and head terms (as in MD4 and von Ruette
+et al.'s 6P + 12 L D N); SMDM's budgets use 6 N_nonemb (`smdm_flops_per_token`, convention "6n").
+Model FLOPs only: recomputation (remat, chunked attention) is not counted.
 
-    F_tok = 6 N_mm + 12 n_layers L d_model
-
-- N_mm (`matmul_params`) counts the weights every token multiplies: per layer the q, k, v, o
-  projections (4 d^2) and the SwiGLU matrices (3 d f), plus the output head (d V, tied or not).
-  The input embedding is a lookup, not a matmul; norms, RoPE and the adaLN of time conditioning
-  (once per sequence) are not counted. 2 FLOPs per multiply-add, x3 for forward + backward.
-- 12 n_layers L d is attention's QK^T and AV: two L x d matmuls per token per layer (2 d L each,
-  forward), x3 for training. It is the same for the bidirectional MDM and the causal AR model:
-  this library's attention (`jax.nn.dot_product_attention`, XLA implementation) computes the full
-  L x L score matrix and masks it, so the causal model does the masked-out half of the work too.
-  `causal_skip=True` gives the count for a kernel that skips masked blocks (attention term / 2).
-
-This is the Kaplan/Chinchilla convention with the attention and head terms (as in MD4, and von
-Ruette et al.'s 6P + 12 L D N). SMDM's budgets use `6 N_nonemb` per token instead
-(`smdm_flops_per_token`): no attention, no head.
-
-Checked against XLA (tests/test_flops.py): the dot FLOPs of the compiled train step equal
-F_tok x tokens exactly; XLA's total (`cost_analysis()["flops"]`) is higher by the non-matmul work
-(softmax over the L scores and the V logits, norms, SiLU, RoPE, the optimizer update), which is
-1.5-2 % of F_tok at d_model=128 and 5-9 % at d_model=16-32. The formula counts model FLOPs:
-recomputation (`model.remat`, and the checkpointed chunks of `model.attention_chunk` > 0, which
-redo the forward scores) adds hardware FLOPs it leaves out. With `attention_chunk` > 0, XLA's cost
-analysis is no check either: it counts the body of the chunks' `lax.map` loop once.
-
-Parameter counts: `nonembedding_params` is SMDM's N (every parameter except the input embedding
-and an untied output head: matrices and norm gains, adaLN and the time MLP when time-conditioned);
-`total_params` is what the initialised model holds.
+Parameter counts: `nonembedding_params` is SMDM's N (all but the input embedding and an untied
+head); `total_params` is what the initialised model holds. The formula equals the dot FLOPs of
+the compiled train step exactly (tests/test_flops.py; measurements in docs/flops.md).
 """
 
 from __future__ import annotations

@@ -22,13 +22,14 @@ from mdm.checkpoint import Checkpointer, workdir_lock
 from mdm.config import validate
 from mdm.errors import DataError, TrainingError
 from mdm.metrics import MetricsWriter, summarize_eval
-from mdm.experiment import Experiment, build, load_pretrained, sharded_abstract_state
+from mdm.experiment import Experiment, build, sharded_abstract_state
 from mdm.objectives import EVAL_SUM_KEYS, Objective
 from mdm.optim import learning_rate_schedule
 from mdm.generation import generate, make_canvas
 from mdm.samplers import SamplerSettings
 from mdm.sharding import activation_sharding, batch_sharding, check_batch, global_batch, make_mesh, rules_from_config
 from mdm.state import init_state, make_train_step
+from mdm.trained import init_params
 from mdm import precision
 
 log = logging.getLogger("mdm")
@@ -77,9 +78,9 @@ def load_eval_batches(config, tokenizer) -> list[dict]:
 
 
 def draw_samples(exp: Experiment, params, num: int, seed: int) -> list[str]:
-    """Unconditional samples (FHS for an MDM, ancestral decoding for AR), decoded to text."""
+    """Unconditional samples (FHS for an MDM, left-to-right decoding for AR), decoded to text."""
     canvas = make_canvas(exp.tokenizer, exp.config.data.seq_len)
-    out = generate(exp.objective, exp.config, params, SamplerSettings("fhs"), canvas, num, seed=seed, progress=False)
+    out = generate(exp.objective, params, SamplerSettings("fhs"), canvas, num, seed=seed, progress=False)
     return [exp.tokenizer.decode(row) for row in out["tokens"]]
 
 
@@ -135,24 +136,51 @@ def _run_locked(config, workdir: pathlib.Path, stop_at_step: int | None) -> dict
         return _train(exp, workdir, writer, checkpointer, train_it, eval_batches, mesh, rules, stop_at_step)
 
 
-def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batches, mesh, rules, stop_at_step):
-    config, t = exp.config, exp.config.train
-    init_rng, step_rng, eval_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    shardings, abstract = sharded_abstract_state(exp, init_rng, config.data.seq_len, mesh, rules)
+def _start_state(exp: Experiment, workdir, writer, checkpointer, train_it, sharded, init_rng, mesh, rules):
+    """(train state, latest checkpoint step or None): resumed from `workdir`'s newest readable
+    checkpoint (data position included), else created sharded, from `init.workdir` if set."""
+    config = exp.config
+    shardings, abstract = sharded
     restored = checkpointer.restore_latest(abstract, config)
-    latest = None if restored is None else restored[0]
     if restored is not None:
         latest, state, data_state = restored
         train_it.set_state(data_state)
         writer.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, workdir)
-    else:
-        pretrained = load_pretrained(exp, config.init, mesh, rules) if config.init.workdir else None
-        seq_len = config.data.seq_len
-        init = jax.jit(lambda p: init_state(exp.objective, exp.optimizer, init_rng, seq_len, p), out_shardings=shardings)
-        state = init(pretrained)
-        writer.truncate_after(-1)  # records of a run killed before its first checkpoint
-        writer.write(0, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
+        return state, latest
+    pretrained = init_params(exp, config.init, mesh, rules) if config.init.workdir else None
+    seq_len = config.data.seq_len
+    init = jax.jit(lambda p: init_state(exp.objective, exp.optimizer, init_rng, seq_len, p), out_shardings=shardings)
+    state = init(pretrained)
+    writer.truncate_after(-1)  # records of a run killed before its first checkpoint
+    writer.write(0, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
+    return state, None
+
+
+def _evaluate_and_show(exp: Experiment, state, step: int, eval_fn, eval_batches, eval_rng, writer, bar) -> dict[str, float]:
+    """Evaluates the params and the EMA, writes and prints the result, and shows one sample
+    before the last step; returns the metrics."""
+    config = exp.config
+    final = evaluate(eval_fn, state.params, eval_batches, eval_rng, "eval", state.frozen)
+    final.update(evaluate(eval_fn, state.ema_params, eval_batches, eval_rng, "eval_ema", state.frozen))
+    writer.write(step, final)
+    bar.write(
+        f"step {step}: eval {final['eval/nats_per_token']:.4f} nats/token, "
+        + (f"{final['eval/bits_per_byte']:.4f} bits/byte" if "eval/bits_per_byte" in final else "")
+        + f" (EMA {final['eval_ema/nats_per_token']:.4f} nats/token) [{exp.objective.likelihood}]"
+    )
+    if config.sample.num_samples > 0 and exp.objective.decoding and step < config.train.num_steps:
+        text = draw_samples(exp, state.ema_params, 1, config.sample.seed)[0]  # every process draws
+        if jax.process_index() == 0:
+            bar.write(f"step {step} sample (EMA, FHS): {text[:240]!r}")
+    return final
+
+
+def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batches, mesh, rules, stop_at_step):
+    config, t = exp.config, exp.config.train
+    init_rng, step_rng, eval_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    shardings, abstract = sharded_abstract_state(exp, init_rng, config.data.seq_len, mesh, rules)
+    state, latest = _start_state(exp, workdir, writer, checkpointer, train_it, (shardings, abstract), init_rng, mesh, rules)
     start_step = int(state.step)
 
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -195,20 +223,8 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
             writer.write(step, record)
             bar.set_postfix(loss=f"{record['train/loss']:.4f}", tok_s=f"{tok_s:,.0f}")
         if step % t.eval_every == 0 or step == t.num_steps:
-            final = evaluate(eval_fn, state.params, eval_batches, eval_rng, "eval", state.frozen)
-            final.update(evaluate(eval_fn, state.ema_params, eval_batches, eval_rng, "eval_ema", state.frozen))
-            writer.write(step, final)
-            interval_steps = 0
-            bar.write(
-                f"step {step}: eval {final['eval/nats_per_token']:.4f} nats/token, "
-                + (f"{final['eval/bits_per_byte']:.4f} bits/byte" if "eval/bits_per_byte" in final else "")
-                + f" (EMA {final['eval_ema/nats_per_token']:.4f} nats/token) [{exp.objective.likelihood}]"
-            )
-            if config.sample.num_samples > 0 and exp.objective.generates_text and step < t.num_steps:
-                text = draw_samples(exp, state.ema_params, 1, config.sample.seed)[0]  # every process draws
-                if jax.process_index() == 0:
-                    bar.write(f"step {step} sample (EMA, FHS): {text[:240]!r}")
-            interval_start = time.perf_counter()  # keep eval and sampling time out of tokens/s
+            final = _evaluate_and_show(exp, state, step, eval_fn, eval_batches, eval_rng, writer, bar)
+            interval_start, interval_steps = time.perf_counter(), 0  # keep eval and sampling time out of tokens/s
         if stop_at_step is not None and step >= stop_at_step:
             bar.close()
             return final
@@ -218,7 +234,7 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
             last_ckpt = step
         bar.update(1)
     bar.close()
-    if config.sample.num_samples > 0 and exp.objective.generates_text:
+    if config.sample.num_samples > 0 and exp.objective.decoding:
         for i, text in enumerate(draw_samples(exp, state.ema_params, config.sample.num_samples, config.sample.seed)):
             print(f"--- sample {i} ---\n{text}")
     return final

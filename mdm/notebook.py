@@ -10,18 +10,16 @@ about a minute. Library errors (`MdmError`) are shown as one line, `error: ...`,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
-import os
 import pathlib
-import shutil
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from mdm import runs
 from mdm.errors import CheckpointError, ConfigError, MdmError
 
 REPO_URL = "https://github.com/mdm-jax/mdm"
@@ -134,105 +132,28 @@ def train_tiny(workdir: str | pathlib.Path | None = None, *, num_steps: int | No
 # Checkpoints: local or gs://, through epath
 
 
-def is_remote(path: str) -> bool:
-    """Whether `path` is a URL (gs://, s3://, ...) rather than a local path."""
-    return "://" in str(path) and not str(path).startswith("file://")
-
-
-def _epath(path: str):
-    from etils import epath
-
-    return epath.Path(path)
-
-
-def locate_checkpoint(checkpoint: str) -> tuple[Any, int | None]:
-    """(the run's workdir as an epath.Path, the step or None for the latest) for a checkpoint path.
-
-    Accepts a workdir, its `checkpoints/` folder or one `checkpoints/<step>` folder. Raises a
-    one-line CheckpointError when the path does not exist or holds no library checkpoint.
-    """
-    if not str(checkpoint).strip():
-        raise CheckpointError(f"CHECKPOINT is empty; {_FIX}")
-    path = _epath(str(checkpoint).rstrip("/"))
-    try:
-        exists = path.exists()
-    except Exception as e:  # e.g. no credentials for a bucket
-        raise CheckpointError(
-            f"cannot read {checkpoint} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-            "in Colab run google.colab.auth.authenticate_user() for a private bucket"
-        ) from e
-    if not exists:
-        raise CheckpointError(f"checkpoint path {checkpoint} does not exist; {_FIX}")
-    step = None
-    if path.name.isdigit() and path.parent.name == "checkpoints":
-        path, step = path.parent.parent, int(path.name)
-    elif path.name == "checkpoints":
-        path = path.parent
-    if not (path / "checkpoints").is_dir():
-        raise CheckpointError(f"{checkpoint} is not an mdm run: it has no checkpoints/ folder; {_FIX}")
-    return path, step
-
-
-def finished_steps(workdir) -> list[int]:
-    """The steps of `workdir/checkpoints` whose checkpoint is complete (orbax's commit marker or a final name)."""
-    steps = []
-    for child in (workdir / "checkpoints").iterdir():
-        if child.name.isdigit() and (child / "commit_success.txt").exists():
-            steps.append(int(child.name))
-    return sorted(steps)
-
-
-def copy_tree(src, dst) -> None:
-    """Copies the folder `src` (an epath.Path: local or remote) to the local folder `dst`, streaming files."""
-    dst = pathlib.Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for child in src.iterdir():
-        if child.is_dir():
-            copy_tree(child, dst / child.name)
-        else:
-            with child.open("rb") as r, open(dst / child.name, "wb") as w:
-                shutil.copyfileobj(r, w, length=1 << 22)
-
-
 def fetch_checkpoint(checkpoint: str, *, step: int | None = None, cache_dir: str | None = None, copy: bool | None = None):
-    """(a local workdir, step) holding the checkpoint at `checkpoint` (local or gs://).
+    """(a local workdir, step) holding the checkpoint at `checkpoint` (a workdir, its checkpoints/
+    folder or one step folder; local or gs://).
 
     copy: copy the chosen step (and metrics.jsonl) into `cache_dir` first; default: only for a
     remote path. A step already copied is reused.
     """
-    workdir, located_step = locate_checkpoint(checkpoint)
+    workdir, located_step = runs.locate(checkpoint, _FIX)
     step = step if step is not None else located_step
-    remote = is_remote(str(checkpoint))
-    if not (remote if copy is None else copy):
+    if not (runs.is_remote(checkpoint) if copy is None else copy):
         return pathlib.Path(str(workdir)), step
-    steps = finished_steps(workdir)
-    if not steps:
-        raise CheckpointError(f"{checkpoint} holds no finished checkpoint; train longer or check the path")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise CheckpointError(f"no checkpoint at step {step} in {checkpoint}; available: {steps}")
-    root = pathlib.Path(cache_dir or os.path.join(tempfile.gettempdir(), "mdm_checkpoints"))
-    local = root / hashlib.sha1(str(workdir).encode()).hexdigest()[:12] / workdir.name
-    target = local / "checkpoints" / str(step)
-    if not target.is_dir():
-        partial = local / "checkpoints" / f"{step}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        copy_tree(workdir / "checkpoints" / str(step), partial)
-        partial.rename(target)
-    metrics = workdir / "metrics.jsonl"
-    if metrics.exists():
-        (local / "metrics.jsonl").write_bytes(metrics.read_bytes())
-    return local, step
+    step = runs.choose_step(workdir, step, runs.finished_steps(workdir))
+    return runs.cache_step(workdir, step, cache_dir), step
 
 
 def load_or_train(
     checkpoint: str = "", *, step: int | None = None, use_ema: bool = True, train_steps: int | None = None, workdir=None
 ):
-    """A `mdm.pretrained.Trained` run: the checkpoint at `checkpoint` (local or gs://), or with
+    """A `mdm.trained.Trained` run: the checkpoint at `checkpoint` (local or gs://), or with
     checkpoint='' the tiny default trained for `train_steps` (default: about a minute) in `workdir`."""
     from mdm.checkpoint import UnreadableCheckpoint
-    from mdm.pretrained import load_trained
+    from mdm.trained import load_trained
 
     if not str(checkpoint).strip():
         return load_trained(train_tiny(workdir, num_steps=train_steps), use_ema=use_ema)
@@ -280,15 +201,12 @@ def describe(trained) -> str:
     return "\n".join(lines)
 
 
-def student_settings(config):
-    """The sampler a distilled (objective 'mcd') student was made for: ancestral, teacher_steps / 2^rounds
-    steps on its grid; None for other runs."""
+def student_settings(trained):
+    """The SamplerSettings a distilled student was made for (ancestral on its grid), or None."""
     from mdm.samplers import SamplerSettings
 
-    if config.objective != "mcd" or "mcd" not in config:
-        return None
-    mcd = config.mcd
-    return SamplerSettings("ancestral", steps=max(int(mcd.teacher_steps) // 2 ** int(mcd.rounds), 1), grid=str(mcd.grid))
+    preferred = trained.experiment.objective.preferred_sampler
+    return None if preferred is None else SamplerSettings(**preferred)
 
 
 def sample(
@@ -313,7 +231,6 @@ def sample(
     canvas = make_canvas(tokenizer, config.data.seq_len, prompt, infill)
     out = generate(
         trained.experiment.objective,
-        config,
         trained.params,
         settings,
         canvas,

@@ -1,19 +1,18 @@
 """Figures: training curves of runs (metrics.jsonl) and the unmasking order of a sample.
 
-    python -m mdm.plot WORKDIR [WORKDIR ...] [--out DIR] [--x step|tokens] [--labels A,B,...]
+    python -m mdm.plot --workdirs WORKDIR[,WORKDIR...] [--out DIR] [--x step|tokens] [--labels A,B,...]
 
 writes curves.png (every panel) and one PNG per panel (train_loss, eval_loss, bits, lr,
 tokens_per_s, grad_norm) with all runs on the same axes, e.g. an MDM and its AR twin. Each
 run is labelled with its workdir's name, objective and parameter count (read from its newest
-checkpoint's saved config and the step-0 record). Figures are matplotlib `Figure`s made
+checkpoint's saved config and the step-0 record); --labels gives one label per workdir instead.
+--out defaults to WORKDIR/plots for one run, else ./plots. Figures are matplotlib `Figure`s made
 without pyplot, so no display or backend is needed.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 from typing import Any, Sequence
@@ -22,7 +21,8 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from mdm.cli import run_cli
+from mdm import runs
+from mdm.cli import parse_flags, run_cli
 from mdm.errors import ConfigError, DataError
 from mdm.metrics import read_metrics
 
@@ -85,19 +85,6 @@ class Run:
         return any(key in r for r in self.records)
 
 
-def saved_config(workdir: str | pathlib.Path) -> dict | None:
-    """The config saved with the newest checkpoint of `workdir` (plain JSON), or None."""
-    root = pathlib.Path(workdir) / "checkpoints"
-    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True) if root.is_dir() else []
-    for step in steps:
-        path = root / str(step) / "config" / "metadata"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-    return None
-
-
 def load_run(workdir: str | pathlib.Path, label: str | None = None) -> Run:
     """Reads `workdir/metrics.jsonl` (and the saved config, if any) into a Run."""
     workdir = pathlib.Path(workdir)
@@ -107,7 +94,7 @@ def load_run(workdir: str | pathlib.Path, label: str | None = None) -> Run:
     records = read_metrics(path)
     if not records:
         raise DataError(f"{path} holds no records yet; train for at least one log step (train.log_every)")
-    config = saved_config(workdir)
+    config = runs.saved_config(workdir)
     objective, tokens_per_step = None, None
     if config is not None:
         objective = config.get("objective")
@@ -318,21 +305,24 @@ def unmasking_figure(unmasking, tokenizer, row: int = 0, max_rows: int = 16, wid
 # The command
 
 
+FLAGS = {"workdirs": "", "out": "", "x": "step", "labels": ""}
+
+
 def _run(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mdm.plot", description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+", help="run directories holding metrics.jsonl")
-    parser.add_argument("--out", default="", help="output directory (default: WORKDIR/plots for one run, else ./plots)")
-    parser.add_argument("--x", default="step", choices=("step", "tokens"), help="x axis: optimiser steps or training tokens")
-    parser.add_argument("--labels", default="", help="comma-separated legend labels, one per workdir")
-    args = parser.parse_args(argv)
-    labels = args.labels.split(",") if args.labels else None
-    runs = load_runs(args.workdirs, labels)
+    flags, _, _ = parse_flags(argv, FLAGS, allow_config=False)
+    workdirs = [w for w in flags["workdirs"].split(",") if w]
+    if not workdirs:
+        raise ConfigError("give --workdirs DIR[,DIR...]: run directories holding metrics.jsonl")
+    if flags["x"] not in ("step", "tokens"):
+        raise ConfigError(f"--x {flags['x']}: choose step or tokens")
+    labels = flags["labels"].split(",") if flags["labels"] else None
+    runs = load_runs(workdirs, labels)
     out = (
-        pathlib.Path(args.out)
-        if args.out
-        else (pathlib.Path(args.workdirs[0]) / "plots" if len(runs) == 1 else pathlib.Path("plots"))
+        pathlib.Path(flags["out"])
+        if flags["out"]
+        else (pathlib.Path(workdirs[0]) / "plots" if len(runs) == 1 else pathlib.Path("plots"))
     )
-    for path in write_curves(runs, out, args.x):
+    for path in write_curves(runs, out, flags["x"]):
         print(path)
 
 

@@ -23,8 +23,10 @@ from mdm.errors import ConfigError
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# logical axis -> mesh axes. FSDP shards the model width of every weight; tensor parallelism
-# shards heads, MLP width and the vocabulary (Megatron style).
+# logical axis -> mesh axes: the one rules table (config.py's `mesh.rules` defaults are made from
+# it). FSDP shards the model width of every weight; tensor parallelism shards heads, MLP width,
+# the vocabulary and the energy network's hidden width (Megatron style). Every logical name a
+# network's params use needs a row (tests/test_sharding.py checks it).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
@@ -32,14 +34,24 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("adaln", "tensor"),
+    ("energy", "tensor"),  # mdm.energy.network: hidden width of the combiner, projection and readout
     ("kv", None),
     ("qkv", None),
     ("gate", None),
     ("norm", None),
     ("time", None),
+    ("pair", None),  # mdm.energy.network: the (x_t, x_0) pair of the combiner
     ("length", None),
     ("embed_act", None),
 )
+
+
+def rules_to_config(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> dict[str, str]:
+    """Config data {logical: 'fsdp' | 'data+fsdp' | ''} of a rules table (inverse of `rules_from_config`)."""
+    out = {}
+    for name, axes in rules:
+        out[name] = "" if axes is None else axes if isinstance(axes, str) else "+".join(axes)
+    return out
 
 
 def rules_from_config(rules_cfg: Any) -> tuple[tuple[str, Any], ...]:

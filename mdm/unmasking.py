@@ -21,12 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm import process
-from mdm.errors import ConfigError
-from mdm.samplers import SamplerSettings, make_sampler
-from mdm.samplers.base import Denoiser, SampleOutput
-from mdm.schedules import make_schedule
 from mdm import precision
+from mdm.errors import ConfigError
+from mdm.generation import build_sampler, row_keys
+from mdm.samplers import SamplerSettings
+from mdm.samplers.base import Denoiser, SampleOutput
 
 Sampler = Callable[[Denoiser, jax.Array, jax.Array], SampleOutput]
 
@@ -128,7 +127,6 @@ def record_calls(sampler: Sampler, denoiser: Denoiser, keys_B: jax.Array, canvas
 
 def record(
     objective,
-    config: Any,
     params,
     settings: SamplerSettings,
     canvas: np.ndarray,
@@ -141,39 +139,17 @@ def record(
 
     canvas: int32[L] from `generation.make_canvas`. energy: for the 'edlm' sampler, as in generate.
     """
-    from mdm.generation import denoiser_fn  # the loop imports generation, which would import this module
-
-    length = canvas.shape[0]
-    try:
-        settings.validate(length)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    if config.objective == "ar" or not getattr(objective, "generates_text", True):
-        raise ConfigError(f"an objective={config.objective!r} run has no unmasking order; pass an MDM run (objective mdm or mcd)")
-    if settings.sampler == "edlm" and energy is None:
-        raise ConfigError("the edlm sampler needs an energy: pass energy=load_energy('ar' or 'nce', ENERGY_WORKDIR, config)[0]")
+    if objective.decoding != "diffusion":
+        raise ConfigError("this run has no unmasking order; pass a masked diffusion run (objective mdm or mcd)")
     if num_samples < 1:
         raise ConfigError(f"num_samples={num_samples} must be >= 1")
-    mask = process.mask_id(objective.vocab_size)
-    d = config.diffusion
     recorder = CallRecorder()
+    settings, sample = build_sampler(objective, settings, canvas, energy=energy, wrap=recorder.wrap)
     use_energy = settings.sampler == "edlm"
-
-    def sample(p, ep, k, c):
-        sampler = make_sampler(
-            settings,
-            mask=mask,
-            schedule=make_schedule(d.schedule, d.eps, d.power),
-            time_agnostic=not config.model.time_conditioning,
-            energy=energy.bind(ep) if use_energy else None,
-        )
-        return sampler(recorder.wrap(denoiser_fn(objective, p)), k, c)
-
-    base = jax.random.PRNGKey(seed)
-    keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.arange(num_samples))
-    canvas_b = jnp.broadcast_to(jnp.asarray(canvas, jnp.int32), (num_samples, length))
-    out = jax.jit(precision.under("sampling", sample))(params, energy.params if use_energy else None, keys, canvas_b)
-    return recorder.finish(out, mask)
+    canvas_b = jnp.broadcast_to(jnp.asarray(canvas, jnp.int32), (num_samples, canvas.shape[0]))
+    run = jax.jit(precision.under("sampling", sample))
+    out = run(params, energy.params if use_energy else None, row_keys(seed, 0, num_samples), canvas_b)
+    return recorder.finish(out, objective.mask_id)
 
 
 def render(tokenizer, row_L: np.ndarray, mask: int, mask_char: str = "_") -> str:

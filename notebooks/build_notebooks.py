@@ -1,4 +1,7 @@
-"""Writes notebooks/sample.ipynb and notebooks/runs.ipynb (nbformat 4)."""
+"""Writes notebooks/sample.ipynb and notebooks/runs.ipynb (nbformat 4).
+
+    python notebooks/build_notebooks.py [ROOT]   # ROOT: where notebooks/ goes (default: this repository)
+"""
 
 import pathlib
 import sys
@@ -6,7 +9,7 @@ import sys
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-ROOT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "/work/main")
+ROOT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parent.parent
 COLAB = "https://colab.research.google.com/github/mdm-jax/mdm/blob/main/notebooks/{}"
 BADGE = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({})"
 
@@ -30,6 +33,8 @@ def code(text, tags=()):
 
 
 def notebook(cells):
+    for i, cell in enumerate(cells):
+        cell.id = f"cell-{i:02d}"  # fixed ids (nbformat draws random ones), so a rebuild changes only what changed
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}
@@ -85,7 +90,8 @@ SEED = 0
 import tempfile
 
 from mdm import notebook, plot, unmasking
-from mdm.generation import load_energy, make_canvas
+from mdm.generation import make_canvas
+from mdm.trained import load_energy
 from mdm.samplers import SamplerSettings
 
 notebook.setup()  # quiet logs; library errors show as one line, `error: ...`, with the fix
@@ -155,7 +161,7 @@ data, or a trained NCE energy); set `ENERGY_WORKDIR` to use it.
         ),
         code(
             """
-student = notebook.student_settings(config)
+student = notebook.student_settings(trained)
 if student is not None:
     results[f"student, {student.steps} steps"] = notebook.sample(trained, student, num_samples=NUM_SAMPLES, seed=SEED)
 else:
@@ -189,7 +195,7 @@ positions in a uniformly random order, confidence decoding reveals the easy ones
             """
 if is_mdm:
     canvas = make_canvas(tokenizer, seq_len)
-    fhs_order = unmasking.record(trained.experiment.objective, config, trained.params, SamplerSettings("fhs"), canvas, 8, seed=SEED)
+    fhs_order = unmasking.record(trained.experiment.objective, trained.params, SamplerSettings("fhs"), canvas, 8, seed=SEED)
     notebook.show(plot.unmasking_figure(fhs_order, tokenizer))
     fractions = (0.1, 0.25, 0.5, 0.75, 1.0)
     for fraction, state in zip(fractions, fhs_order.snapshot_states(0, fractions)):
@@ -203,7 +209,7 @@ else:
             """
 if is_mdm:
     settings = SamplerSettings("confidence", steps=max(seq_len // 4, 1), order="margin")
-    conf_order = unmasking.record(trained.experiment.objective, config, trained.params, settings, canvas, 8, seed=SEED)
+    conf_order = unmasking.record(trained.experiment.objective, trained.params, settings, canvas, 8, seed=SEED)
     notebook.show(plot.unmasking_figure(conf_order, tokenizer))
 """
         ),
@@ -337,6 +343,6 @@ else:
 for name, nb in (("sample.ipynb", sample), ("runs.ipynb", runs)):
     nbformat.validate(nb)
     path = ROOT / "notebooks" / name
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))
     print("wrote", path)

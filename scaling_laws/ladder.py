@@ -2,8 +2,8 @@
 
 Two families, one table (`LADDER`, ordered by size):
 - CPU rungs (`5k` ... `2M`): 2-4 layers of width 12-192, d_ff = 4 d, for sweeps that run on a
-  laptop with the byte tokenizer at sequence length 128 (research/scaling.md section 7.3, plus
-  `5k` below it and two in-between rungs, `51k` and `300k`, for finer grids).
+  laptop with the byte tokenizer at sequence length 128 (the in-between rungs `51k` and `300k`
+  give finer grids).
 - SMDM's 30 shapes (`6M` ... `2121M`), unchanged from its official code (lit_gpt/config.py): named
   by their non-embedding N in millions; SwiGLU d_ff = 4 d except `75M` (d_ff 1600, head dim 80).
 
@@ -21,6 +21,7 @@ import sys
 
 from mdm.errors import ConfigError
 from mdm.flops import embedding_params, nonembedding_params, smdm_flops_per_token, total_params, train_flops_per_token
+from mdm.experiment import transformer_config
 from mdm.networks import TransformerConfig
 
 
@@ -37,17 +38,10 @@ class Shape:
     def config(
         self, vocab_size: int, *, causal: bool = False, tie_embeddings: bool = True, time_conditioning: bool = False
     ) -> TransformerConfig:
-        """The TransformerConfig of this shape for a vocabulary (other fields at their defaults)."""
-        return TransformerConfig(
-            vocab_size=vocab_size,
-            num_layers=self.num_layers,
-            d_model=self.d_model,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            causal=causal,
-            tie_embeddings=tie_embeddings,
-            time_conditioning=time_conditioning,
-        )
+        """The TransformerConfig of this shape for a vocabulary (other fields at their defaults),
+        from the library's one model-config builder."""
+        model = {**self.overrides(), "tie_embeddings": tie_embeddings, "time_conditioning": time_conditioning}
+        return transformer_config({k.removeprefix("model."): v for k, v in model.items()}, vocab_size, causal=causal)
 
     @property
     def params(self) -> int:

@@ -21,7 +21,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from scaling_laws.fits import Approach2Fit, Approach3Fit, MultiplierFit, RunResult
+from scaling_laws.approach2_isoflop import Approach2Fit
+from scaling_laws.approach3_parametric import Approach3Fit
+from scaling_laws.multiplier import MultiplierFit
+from scaling_laws.results import RunResult
 
 _STYLE = {"mdm": ("tab:red", "o", "MDM"), "ar": ("tab:blue", "s", "AR")}
 _OTHER = ("tab:green", "^", None)

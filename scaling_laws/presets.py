@@ -1,26 +1,18 @@
 """Sweep presets: the IsoFLOP grid (budgets x ladder sizes), batch, length and per-run recipe.
 
-- `smoke`: CPU, 3 budgets x 5 sizes x {MDM, AR} on the embedded byte corpus, batch 8 x 128,
-  about 22 minutes on 2 cores (43 with `--seeds 0,1`, which tames the MDMs' seed noise). Each
-  budget's sizes bracket the optima a pilot on the same machine found (scaling_laws/README.md);
-  AR's sit one to two rungs above MDM's, so AR has its own grid. Batch 8, not 32, because at these
-  budgets a 4096-token batch leaves a few hundred steps and the loss is limited by steps, not by
-  size; budgets from 5e11, because below it tiny MDMs leave their unigram plateau at
-  seed-dependent times.
+- `smoke`: CPU, 3 budgets x 5 sizes x {MDM, AR} on the embedded byte corpus, batch 8 x 128; AR has
+  its own grid, one to two rungs above MDM's, so that both objectives' optima are bracketed.
 - `mini`: one budget, one size, a handful of steps: the end-to-end test of the tooling.
 - `gpu_small`: 4 budgets (3e16-1e18) x 4-5 sizes (2M-142M) for one accelerator; give it a real
   corpus and tokenizer (`--config.data.source=... --config.data.tokenizer=...`).
 - `smdm`: SMDM's budgets (6e18-1e20 under C = 6 N D), shapes and recipe (batch 256 x 2048, peak lr
-  2e-4 as in its code, warmup max(100, 1 %), AdamW (0.9, 0.95), wd 0.1), for a cluster; 8 sizes
-  per budget around SMDM's digitised optima (MDM 84M-479M, AR 153M-1B; research/scaling.md).
+  2e-4, warmup max(100, 1 %), AdamW (0.9, 0.95), wd 0.1), 8 sizes per budget, for a cluster.
 
-Recipe rules, applied per run by the planner (`scaling_laws/planner.py`):
-- every cell once per seed in `seeds` (the config's `seed`; runs of seeds other than 0 are named
-  `..._s<seed>`), so the fits pool the replicates;
-- peak lr = `lr * (lr_width / d_model) ** lr_exponent` (wider models get a smaller lr; exponent 0
-  keeps one lr for all sizes, as SMDM does); cosine to `optim.min_lr_ratio` x peak over the run's
-  own step count (the library's schedule);
-- warmup = max(`warmup_min`, `warmup_fraction` x steps), at most half the steps.
+Recipe rules, applied per run by the planner: every cell once per seed in `seeds` (runs of seeds
+other than 0 are named `..._s<seed>`); peak lr = `lr * (lr_width / d_model) ** lr_exponent`, cosine
+to `optim.min_lr_ratio` x peak over the run's own steps; warmup = max(`warmup_min`,
+`warmup_fraction` x steps), at most half the steps. Why the grids are where they are, and how long
+they take: docs/scaling_laws.md.
 """
 
 from __future__ import annotations

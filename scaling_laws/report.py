@@ -1,17 +1,19 @@
 """Fit a finished sweep and write its report.
 
-    python -m scaling_laws.report SWEEP_DIR [--bootstrap 1000] [--bootstrap3 100] [--seed 0] [--strict]
+    python -m scaling_laws.report --sweep_dir DIR [--bootstrap 1000] [--bootstrap3 100] [--seed 0] [--strict]
 
-Reads SWEEP_DIR/results.csv, fits every objective present (Approach 2 and Approach 3; the MDM/AR
-compute multiplier when both "mdm" and "ar" are there) and writes SWEEP_DIR/fits.json (every fitted
+Reads DIR/results.csv, fits every objective present (Approach 2 and Approach 3; the MDM/AR
+compute multiplier when both "mdm" and "ar" are there) and writes DIR/fits.json (every fitted
 number with its bootstrap intervals), isoflop.png, frontier.png, loss_vs_compute.png, parametric.png
 and report.md, then prints a short summary. A missing or degenerate results.csv stops it with one
 line, `error: ...`, and exit status 2.
+
+Flags: --bootstrap and --bootstrap3, the Approach-2 and Approach-3 bootstrap replicates; --seed, the
+bootstrap seed; --strict, stop on a concave or clipped IsoFLOP budget instead of flagging it.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -22,26 +24,15 @@ from typing import Any
 
 import numpy as np
 
-
-from mdm.cli import run_cli
+from mdm.cli import parse_flags, run_cli
+from mdm.errors import ConfigError
 from scaling_laws import plots
-from scaling_laws.fits import (
-    LEVELS,
-    PARAM_NAMES,
-    Approach2Fit,
-    Approach3Fit,
-    FitError,
-    IsoFlopWarning,
-    MultiplierFit,
-    RunResult,
-    fit_approach2,
-    fit_approach3,
-    fit_multiplier,
-    objectives_in,
-    read_results,
-    replicate_spread,
-    runs_of,
-)
+from scaling_laws.approach2_isoflop import Approach2Fit, IsoFlopWarning, fit_approach2
+from scaling_laws.approach3_parametric import PARAM_NAMES, Approach3Fit, fit_approach3
+from scaling_laws.multiplier import MultiplierFit, fit_multiplier
+from scaling_laws.power_laws import LEVELS
+from scaling_laws.report_markdown import INTERVAL_NOTE, fmt_ci, markdown
+from scaling_laws.results import FitError, RunResult, objectives_in, read_results, replicate_spread, runs_of
 
 FIGURES = {
     "isoflop": "isoflop.png",
@@ -49,11 +40,6 @@ FIGURES = {
     "loss_vs_compute": "loss_vs_compute.png",
     "parametric": "parametric.png",
 }
-INTERVAL_NOTE = (
-    "Intervals are percentile bootstrap intervals (95 %: 2.5-97.5 %, 80 %: 10-90 %): runs are resampled with "
-    "replacement within each budget and the whole fit is redone; they cover run-to-run noise given the sampled "
-    "sizes and the form of the law, not the bias of the form itself."
-)
 
 
 def _num(x: Any) -> Any:
@@ -161,258 +147,46 @@ def multiplier_json(fit: MultiplierFit) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# report.md
+# The command
 
 
-def _g(x: float, digits: int = 4) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+def _fit_objectives(
+    by_objective: dict[str, list[RunResult]], n_boot: int, n_boot3: int, seed: int, strict: bool
+) -> tuple[dict[str, Approach2Fit], dict[str, Approach3Fit], list[str]]:
+    """Approach 2 and 3 for every objective (seeds seed + 1000 i and seed + 1000 i + 1 for the i-th);
+    returns both fits per objective and the IsoFLOP warnings raised on the way."""
+    fits2, fits3 = {}, {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IsoFlopWarning)
+        for i, (objective, runs) in enumerate(by_objective.items()):
+            fits2[objective] = fit_approach2(runs, n_boot=n_boot, seed=seed + 1000 * i, strict=strict)
+            fits3[objective] = fit_approach3(runs, n_boot=n_boot3, seed=seed + 1000 * i + 1)
+    return fits2, fits3, [str(w.message) for w in caught if issubclass(w.category, IsoFlopWarning)]
 
 
-def _ci(pair, digits: int = 4) -> str:
-    return f"[{_g(pair[0], digits)}, {_g(pair[1], digits)}]"
+def _multiplier_or_error(fits2: dict[str, Approach2Fit]) -> tuple[MultiplierFit | None, str | None]:
+    """The MDM/AR multiplier when both objectives are there, else None; the reason it failed, if it did."""
+    if "mdm" not in fits2 or "ar" not in fits2:
+        return None, None
+    try:
+        return fit_multiplier(fits2["mdm"], fits2["ar"]), None
+    except FitError as e:
+        return None, f"No multiplier: {e}."
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-        "",
-    ]
-
-
-def _markdown(
+def _fits_json(
     sweep_dir: pathlib.Path,
-    rows: list[RunResult],
+    by_objective: dict[str, list[RunResult]],
     fits2: dict[str, Approach2Fit],
     fits3: dict[str, Approach3Fit],
     multiplier: MultiplierFit | None,
     multiplier_error: str | None,
     flags: list[str],
-) -> str:
-    out = [f"# Scaling-law fits: {sweep_dir.name}", ""]
-    counts = ", ".join(f"{o}: {len(runs_of(rows, o))}" for o in objectives_in(rows))
-    out += [f"{len(rows)} finished runs ({counts}) from `results.csv`. Loss: final validation loss in nats/token.", ""]
-    out += ["## Runs", ""]
-    ordered = sorted(rows, key=lambda r: (objectives_in(rows).index(r.objective), r.budget, r.params, r.run))
-    out += _table(
-        [
-            "objective",
-            "run",
-            "budget C",
-            "N (non-emb.)",
-            "N total",
-            "tokens D",
-            "FLOPs",
-            "FLOPs/C",
-            "loss",
-            "steps",
-            "batch",
-            "seq",
-        ],
-        [
-            [
-                r.objective,
-                r.run,
-                _g(r.budget, 3),
-                str(r.params),
-                str(r.params_total),
-                str(r.tokens),
-                _g(r.flops, 4),
-                f"{r.flops / r.budget:.3f}",
-                f"{r.loss:.4f}",
-                str(r.steps),
-                str(r.batch_size),
-                str(r.seq_len),
-            ]
-            for r in ordered
-        ],
-    )
-    worst = max(abs(r.flops / r.budget - 1) for r in rows)
-    out += [f"Largest deviation of a run's FLOPs from its budget: {worst:.2%} (the planner's rule is 1 %).", ""]
-    spreads = {o: replicate_spread(runs_of(rows, o)) for o in objectives_in(rows)}
-    if any(spreads.values()):
-        out += [
-            "## Seed spread",
-            "",
-            "Cells (objective, budget, N) trained with several seeds; all their runs enter the fits. Compare the pooled "
-            "standard deviation with the depth of the IsoFLOP curves: where it is comparable, a budget's minimum is noise.",
-            "",
-        ]
-        out += _table(
-            ["objective", "replicated cells", "runs", "pooled std (nats/token)", "largest range"],
-            [
-                [o, str(sp.cells), str(sp.runs), f"{sp.pooled_std:.4f}", f"{sp.max_range:.4f}"]
-                for o, sp in spreads.items()
-                if sp is not None
-            ],
-        )
-    if flags:
-        out += ["## Flags", "", *(f"- {f}" for f in flags), ""]
-
-    out += ["## Approach 2: IsoFLOP profiles", ""]
-    out += [
-        "Per budget, an ordinary least-squares parabola of loss in ln N; its vertex gives N_opt and L_opt, and "
-        "D_opt = C / f(N_opt) with f = FLOPs per token interpolated in log-log between the budget's runs. Budgets "
-        "whose parabola opens downward or whose vertex lies outside the sampled sizes are flagged and left out of "
-        "the laws, which are least squares in log-log over the remaining budgets.",
-        "",
-    ]
-    for objective, fit in fits2.items():
-        out += [f"### {objective}", ""]
-        out += _table(
-            ["budget C", "runs", "sizes", "N range", "N_opt", "D_opt", "D_opt/N_opt", "L_opt", "status"],
-            [
-                [
-                    _g(m.budget, 3),
-                    str(m.num_runs),
-                    str(m.num_sizes),
-                    f"{_g(m.n_min, 3)} to {_g(m.n_max, 3)}",
-                    _g(m.n_opt),
-                    _g(m.d_opt),
-                    _g(m.d_opt / m.n_opt, 3),
-                    _g(m.loss_opt),
-                    m.status,
-                ]
-                for m in fit.minima
-            ],
-        )
-        out += _table(
-            ["law", "coefficient k", "exponent", "95 % CI", "80 % CI"],
-            [
-                [
-                    f"{name} = k C^e",
-                    _g(law.law.coefficient),
-                    _g(law.law.exponent),
-                    _ci(law.exponent_interval(0.95)),
-                    _ci(law.exponent_interval(0.80)),
-                ]
-                for name, law in fit.laws.items()
-            ],
-        )
-        out += [
-            f"Bootstrap: {fit.n_boot_valid} valid of {fit.n_boot_requested} replicates "
-            f"(a valid replicate keeps >= 2 budgets; on average it dropped {_g(fit.mean_budgets_dropped, 3)}).",
-            "",
-        ]
-
-    out += ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", ""]
-    out += [
-        "Summed Huber loss (delta 1e-3) of log residuals in the log-sum-exp form, L-BFGS from the best points of "
-        "Chinchilla's 4,500-point initialisation grid. The frontier is the minimum of L(N, C / f(N)) under the runs' "
-        "measured FLOPs per token f; the closed form assumes C = 6ND.",
-        "",
-    ]
-    for objective, fit in fits3.items():
-        out += [f"### {objective}", ""]
-        out += _table(
-            ["parameter", "estimate", "95 % CI", "80 % CI"],
-            [
-                [name, _g(v), _ci(fit.interval(name, 0.95)), _ci(fit.interval(name, 0.80))]
-                for name, v in zip(PARAM_NAMES, fit.params)
-            ],
-        )
-        closed = fit.closed_form()
-        law = fit.frontier_law()
-        out += _table(
-            ["frontier", "N_opt exponent a", "95 % CI"],
-            [
-                ["C = 6ND (closed form, a = beta/(alpha+beta))", _g(closed["a"]), _ci(fit.closed_form_interval("a"))],
-                ["measured FLOPs per token, at the sweep budgets", _g(law.exponent), _ci(fit.frontier_exponent_interval())],
-            ],
-        )
-        out += _table(
-            ["budget C", "N_opt", "D_opt", "L_opt", "at search bound"],
-            [
-                [_g(c, 3), _g(n), _g(d), _g(loss), str(bool(b))]
-                for c, n, d, loss, b in zip(
-                    fit.frontier_budgets_B, fit.frontier_n_B, fit.frontier_d_B, fit.frontier_loss_B, fit.frontier_at_bound_B
-                )
-            ],
-        )
-        out += [
-            f"Huber loss {_g(fit.huber_loss)} over {fit.num_runs} runs; bootstrap: {fit.n_boot_valid} valid of "
-            f"{fit.n_boot_requested} replicates.",
-            "",
-        ]
-
-    out += ["## MDM/AR compute multiplier at equal loss", ""]
-    if multiplier is not None:
-        out += [
-            "C_mdm(L) / C_ar(L) from the two Approach-2 L_opt laws: how many times the AR's compute the MDM needs to "
-            f"reach the same loss. Closed form: multiplier(L) = {_g(math.exp(multiplier.log_prefactor))} * "
-            f"L^{_g(multiplier.loss_power)}. Intervals pair the objectives' bootstrap replicates "
-            f"({multiplier.n_pairs} pairs). Extrapolated: the loss lies outside the L_opt range one of the laws was fitted on.",
-            "",
-        ]
-        out += _table(
-            ["loss L", "AR compute", "multiplier", "95 % CI", "80 % CI", "extrapolated"],
-            [
-                [f"{loss:.4f}", _g(c, 3), _g(m, 4), _ci(ci95, 3), _ci(ci80, 3), "yes" if ex else "no"]
-                for loss, c, m, ci95, ci80, ex in zip(
-                    multiplier.losses_K,
-                    multiplier.ar_compute_K,
-                    multiplier.multiplier_K,
-                    multiplier.interval(0.95),
-                    multiplier.interval(0.80),
-                    multiplier.extrapolated_K,
-                )
-            ],
-        )
-    else:
-        out += [multiplier_error or "Needs both objectives, mdm and ar.", ""]
-
-    out += ["## Figures", ""]
-    titles = {
-        "isoflop": "IsoFLOP profiles",
-        "frontier": "Compute-optimal size and data",
-        "loss_vs_compute": "Loss against compute",
-        "parametric": "Approach 3 fit",
-    }
-    out += [f"- [{titles[k]}]({name})" for k, name in FIGURES.items()]
-    out += ["", *(f"![{titles[k]}]({name})" for k, name in FIGURES.items()), ""]
-    out += ["## About the intervals", "", INTERVAL_NOTE, ""]
-    return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------------------------
-# The command
-
-
-def build_report(
-    sweep_dir: str | pathlib.Path, n_boot: int = 1000, n_boot3: int = 100, seed: int = 0, strict: bool = False
-) -> dict:
-    """Fits SWEEP_DIR/results.csv and writes fits.json, the PNGs and report.md; returns the fits.json
-    content plus a "summary" list of printable lines and a "flags" list of IsoFLOP warnings."""
-    sweep_dir = pathlib.Path(sweep_dir)
-    rows = read_results(sweep_dir / "results.csv")
-    if not rows:
-        raise FitError(f"{sweep_dir / 'results.csv'} has no runs: finish some runs and re-run the collector")
-    objectives = objectives_in(rows)
-    by_objective = {o: runs_of(rows, o) for o in objectives}
-    fits2, fits3 = {}, {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", IsoFlopWarning)
-        for i, objective in enumerate(objectives):
-            fits2[objective] = fit_approach2(by_objective[objective], n_boot=n_boot, seed=seed + 1000 * i, strict=strict)
-            fits3[objective] = fit_approach3(by_objective[objective], n_boot=n_boot3, seed=seed + 1000 * i + 1)
-    flags = [str(w.message) for w in caught if issubclass(w.category, IsoFlopWarning)]
-
-    multiplier, multiplier_error = None, None
-    if "mdm" in fits2 and "ar" in fits2:
-        try:
-            multiplier = fit_multiplier(fits2["mdm"], fits2["ar"])
-        except FitError as e:
-            multiplier_error = f"No multiplier: {e}."
-
-    plots.plot_isoflop(sweep_dir / FIGURES["isoflop"], by_objective, fits2)
-    plots.plot_frontier(sweep_dir / FIGURES["frontier"], fits2, fits3)
-    plots.plot_loss_vs_compute(sweep_dir / FIGURES["loss_vs_compute"], by_objective, fits2, multiplier)
-    plots.plot_parametric(sweep_dir / FIGURES["parametric"], by_objective, fits3)
-
-    result = {
+) -> dict[str, Any]:
+    """The content of fits.json (before `_clean`)."""
+    return {
         "results_csv": str(sweep_dir / "results.csv"),
-        "num_runs": len(rows),
+        "num_runs": sum(len(runs) for runs in by_objective.values()),
         "conventions": {
             "C": "planned budget of each run (FLOPs)",
             "N": "non-embedding parameters",
@@ -425,9 +199,9 @@ def build_report(
             o: {
                 "approach2": approach2_json(fits2[o]),
                 "approach3": approach3_json(fits3[o]),
-                "replicates": dataclasses.asdict(sp) if (sp := replicate_spread(by_objective[o])) else None,
+                "replicates": dataclasses.asdict(sp) if (sp := replicate_spread(runs)) else None,
             }
-            for o in objectives
+            for o, runs in by_objective.items()
         },
         "multiplier": multiplier_json(multiplier)
         if multiplier is not None
@@ -435,21 +209,28 @@ def build_report(
         "flags": flags,
         "figures": list(FIGURES.values()),
     }
-    (sweep_dir / "fits.json").write_text(json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
-    (sweep_dir / "report.md").write_text(_markdown(sweep_dir, rows, fits2, fits3, multiplier, multiplier_error, flags))
 
-    summary = [f"scaling-law fits of {len(rows)} runs in {sweep_dir}"]
-    for o in objectives:
-        f2, f3 = fits2[o], fits3[o]
+
+def _summary(
+    sweep_dir: pathlib.Path,
+    num_runs: int,
+    fits2: dict[str, Approach2Fit],
+    fits3: dict[str, Approach3Fit],
+    multiplier: MultiplierFit | None,
+    multiplier_error: str | None,
+) -> list[str]:
+    """The lines the command prints: each objective's laws, the multiplier at the middle loss, the files."""
+    summary = [f"scaling-law fits of {num_runs} runs in {sweep_dir}"]
+    for o, f2 in fits2.items():
         laws = "  ".join(
-            f"{name} ~ C^{law.law.exponent:.4g} {_ci(law.exponent_interval(), 3)}"
+            f"{name} ~ C^{law.law.exponent:.4g} {fmt_ci(law.exponent_interval(), 3)}"
             for name, law in (("N_opt", f2.n_opt), ("D_opt", f2.d_opt), ("L_opt", f2.loss_opt))
         )
         summary.append(f"{o} approach 2: {laws} ({f2.n_boot_valid}/{f2.n_boot_requested} bootstrap replicates, 95 % CI)")
-        e, big_a, big_b, alpha, beta = f3.params
+        e, big_a, big_b, alpha, beta = fits3[o].params
         summary.append(
             f"{o} approach 3: E={e:.4g} A={big_a:.4g} B={big_b:.4g} alpha={alpha:.4g} beta={beta:.4g}; "
-            f"N_opt ~ C^{f3.frontier_law().exponent:.4g} at the sweep budgets"
+            f"N_opt ~ C^{fits3[o].frontier_law().exponent:.4g} at the sweep budgets"
         )
     if multiplier is not None:
         k = multiplier.losses_K.size // 2
@@ -461,22 +242,45 @@ def build_report(
     elif multiplier_error:
         summary.append(multiplier_error)
     summary.append(f"wrote {sweep_dir / 'fits.json'}, {sweep_dir / 'report.md'} and {len(FIGURES)} figures")
-    return {**result, "summary": summary}
+    return summary
+
+
+def build_report(
+    sweep_dir: str | pathlib.Path, n_boot: int = 1000, n_boot3: int = 100, seed: int = 0, strict: bool = False
+) -> dict:
+    """Fits SWEEP_DIR/results.csv and writes fits.json, the PNGs and report.md; returns the fits.json
+    content plus a "summary" list of printable lines and a "flags" list of IsoFLOP warnings."""
+    sweep_dir = pathlib.Path(sweep_dir)
+    rows = read_results(sweep_dir / "results.csv")
+    if not rows:
+        raise FitError(f"{sweep_dir / 'results.csv'} has no runs: finish some runs and re-run the collector")
+    by_objective = {o: runs_of(rows, o) for o in objectives_in(rows)}
+    fits2, fits3, flags = _fit_objectives(by_objective, n_boot, n_boot3, seed, strict)
+    multiplier, multiplier_error = _multiplier_or_error(fits2)
+
+    plots.plot_isoflop(sweep_dir / FIGURES["isoflop"], by_objective, fits2)
+    plots.plot_frontier(sweep_dir / FIGURES["frontier"], fits2, fits3)
+    plots.plot_loss_vs_compute(sweep_dir / FIGURES["loss_vs_compute"], by_objective, fits2, multiplier)
+    plots.plot_parametric(sweep_dir / FIGURES["parametric"], by_objective, fits3)
+
+    result = _fits_json(sweep_dir, by_objective, fits2, fits3, multiplier, multiplier_error, flags)
+    (sweep_dir / "fits.json").write_text(json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
+    (sweep_dir / "report.md").write_text(markdown(sweep_dir, rows, fits2, fits3, multiplier, multiplier_error, flags, FIGURES))
+    return {**result, "summary": _summary(sweep_dir, len(rows), fits2, fits3, multiplier, multiplier_error)}
+
+
+FLAGS = {"sweep_dir": "", "bootstrap": 1000, "bootstrap3": 100, "seed": 0, "strict": False}
 
 
 def _run(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m scaling_laws.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", help="directory holding results.csv; outputs are written beside it")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="Approach-2 bootstrap replicates (default 1000)")
-    parser.add_argument("--bootstrap3", type=int, default=100, help="Approach-3 bootstrap replicates (default 100)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument(
-        "--strict", action="store_true", help="stop on a concave or clipped IsoFLOP budget instead of flagging it"
-    )
-    args = parser.parse_args(argv)
-    if args.bootstrap < 0 or args.bootstrap3 < 0:
+    flags, _, _ = parse_flags(argv, FLAGS, allow_config=False)
+    if not flags["sweep_dir"]:
+        raise ConfigError("give --sweep_dir DIR: the sweep directory holding results.csv (outputs are written beside it)")
+    if flags["bootstrap"] < 0 or flags["bootstrap3"] < 0:
         raise FitError("--bootstrap and --bootstrap3 must be >= 0")
-    report = build_report(args.sweep_dir, n_boot=args.bootstrap, n_boot3=args.bootstrap3, seed=args.seed, strict=args.strict)
+    report = build_report(
+        flags["sweep_dir"], n_boot=flags["bootstrap"], n_boot3=flags["bootstrap3"], seed=flags["seed"], strict=flags["strict"]
+    )
     for flag in report["flags"]:
         print(f"warning: {flag}", file=sys.stderr)
     print("\n".join(report["summary"]))

@@ -4,17 +4,16 @@
     python -m scaling_laws.sweep run     --preset smoke --sweep_dir DIR   # train the runs here, one after another
     python -m scaling_laws.sweep script  --preset smoke --sweep_dir DIR   # DIR/commands.sh + DIR/runs.json
     python -m scaling_laws.sweep collect --sweep_dir DIR                  # DIR/results.csv
-    (then: python -m scaling_laws.report DIR)
+    (then: python -m scaling_laws.report --sweep_dir DIR)
 
 Flags: --objectives mdm,ar (default both), --budgets 1e11,3e11 and --sizes 19k,33k (replace the
-preset's grid), --seeds 0,1 (train every cell once per seed; replaces the preset's seeds),
---convention full|6n, and any --config.KEY=VALUE, passed to every run (e.g. a corpus:
---config.data.source=text --config.data.path='corpus/*.txt'). Keys the planner sets (shape, batch,
-steps, lr, warm-up, length, seed) cannot be overridden that way.
+preset's grid), --seeds 0,1 (replace the preset's seeds), --convention full|6n, and any
+--config.KEY=VALUE for every run (e.g. --config.data.source=text --config.data.path='corpus/*.txt')
+except the keys the planner sets (shape, batch, steps, lr, warm-up, length, seed).
 
-Each run is a plain `train.py` run in DIR/runs/<name> (its log in DIR/runs/<name>/train.log). A run
-is finished when its metrics.jsonl holds the evaluation at its last step; `run` skips finished
-runs and relaunches the others, which resume from their latest checkpoint (train.py does that).
+Each run is a plain `train.py` run in DIR/runs/<name> (log: train.log there). A run is finished
+when its metrics.jsonl holds the evaluation at its last step; `run` skips finished runs and
+relaunches the others, which resume from their latest checkpoint (train.py does that).
 """
 
 from __future__ import annotations
@@ -34,26 +33,12 @@ from mdm.config import validate
 from mdm.cli import apply_override, load_config, parse_flags
 from mdm.data import make_tokenizer
 from mdm.errors import ConfigError, MdmError
-from mdm.metrics import read_metrics
-from scaling_laws import fits
 from scaling_laws.planner import OBJECTIVES, RunSpec, format_value, plan_sweep
 from scaling_laws.presets import get_preset
+from scaling_laws.run_status import RESULT_COLUMNS, final_eval, result_row, run_status
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMANDS = ("plan", "run", "script", "collect")
-RESULT_COLUMNS = fits.RESULT_COLUMNS + (
-    # beyond the contract: the size, both FLOP conventions, the loss's standard error and EMA value
-    "size",
-    "convention",
-    "flops_full",
-    "flops_6n",
-    "loss_stderr",
-    "loss_ema",
-    "bits_per_byte",
-    "lr",
-    "warmup_steps",
-    "seed",
-)
 PLANNED_KEYS = (
     "objective",
     "model.num_layers",
@@ -186,55 +171,7 @@ def format_plan(specs: Sequence[RunSpec]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Run status and results
-
-
-def final_eval(spec: RunSpec, workdir: pathlib.Path) -> dict | None:
-    """The evaluation record at the run's last step, or None while the run is unfinished."""
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return None
-    for record in reversed(read_metrics(path)):
-        if record["step"] == spec.steps and "eval/nats_per_token" in record:
-            return record
-    return None
-
-
-def run_status(spec: RunSpec, workdir: pathlib.Path) -> str:
-    """'done' (final evaluation written), 'partial' (started: checkpoints or metrics) or 'new'."""
-    if final_eval(spec, workdir) is not None:
-        return "done"
-    if (workdir / "metrics.jsonl").exists() or (workdir / "checkpoints").exists():
-        return "partial"
-    return "new"
-
-
-def result_row(spec: RunSpec, workdir: pathlib.Path, record: dict) -> dict:
-    """One results.csv row of a finished run."""
-    return {
-        "objective": spec.objective,
-        "run": spec.name,
-        "budget": spec.budget,
-        "params": spec.params,
-        "params_total": spec.params_total,
-        "tokens": spec.tokens,
-        "flops": spec.flops_per_token * spec.tokens,
-        "loss": record["eval/nats_per_token"],
-        "steps": spec.steps,
-        "batch_size": spec.batch_size,
-        "seq_len": spec.seq_len,
-        "workdir": str(workdir),
-        "size": spec.size,
-        "convention": spec.convention,
-        "flops_full": spec.flops_per_token_full * spec.tokens,
-        "flops_6n": spec.flops_per_token_6n * spec.tokens,
-        "loss_stderr": record.get("eval/nats_per_token_stderr", ""),
-        "loss_ema": record.get("eval_ema/nats_per_token", ""),
-        "bits_per_byte": record.get("eval/bits_per_byte", ""),
-        "lr": spec.lr,
-        "warmup_steps": spec.warmup_steps,
-        "seed": spec.seed,
-    }
+# Results
 
 
 def collect(sweep_dir: pathlib.Path, out: TextIO | None = None) -> list[dict]:
@@ -458,7 +395,7 @@ def _body(argv: list[str]) -> None:
             raise MdmError(
                 f"{len(failed)} run(s) failed ({', '.join(failed)}); see their train.log, fix, and run again to resume"
             )
-        print(f"next: python -m scaling_laws.report {sweep_dir}")
+        print(f"next: python -m scaling_laws.report --sweep_dir {sweep_dir}")
 
 
 def main(argv: list[str]) -> int:

@@ -50,7 +50,7 @@ class JointOracleModel(LogitsOracle):
         seqs = jnp.asarray(self.seqs)
         ok = (tokens_BxL[:, None, :] == mask) | (tokens_BxL[:, None, :] == seqs[None])  # [B, S, L]
         w_BxS = jnp.all(ok, -1) * jnp.asarray(self.probs, jnp.float32)[None]
-        onehot_SxLxV = seqs[..., None] == jnp.arange(self.cfg.vocab_size)
+        onehot_SxLxV = seqs[..., None] == jnp.arange(self.cfg.vocab_size)[None, None, :]
         mu = jnp.einsum("bs,slv->blv", w_BxS, onehot_SxLxV.astype(jnp.float32))
         return jnp.log(mu / mu.sum(-1, keepdims=True))
 

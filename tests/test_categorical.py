@@ -1,5 +1,5 @@
 """Categorical sampling: exact law, Exp(1) noise resolution in both tails, tail hits vs the float32
-Gumbel-max (research/pitfalls.md §1), logit filters against a numpy reference, shapes, errors.
+Gumbel-max (its 2^-23 uniform grid truncates the Exp(1) noise), logit filters against a numpy reference, shapes, errors.
 
 Statistical checks use fixed seeds and fail at p < 1e-3 (two-sided intervals: 5e-4 per side).
 """
@@ -133,7 +133,7 @@ def test_exponential_noise_small_and_large_tails():
 
 @pytest.mark.slow
 def test_exponential_noise_tails_1e9_draws():
-    """pitfalls §1a at full size: 2^30 draws, E < 2^-26 in the Poisson(16) interval [5, 31], E > 20
+    """The noise-tail check at full size: 2^30 draws, E < 2^-26 in the Poisson(16) interval [5, 31], E > 20
     vs 2.2 expected; 2^28 mode="low" draws give 0 below 2^-24 (16 expected for exact noise)."""
     _check_noise_tails(chunks=64, seed=7)
 
@@ -204,8 +204,8 @@ def test_tail_hits_exact_vs_gumbel_f32():
 
 
 @pytest.mark.slow
-def test_tail_hits_pitfalls_size():
-    """pitfalls §1b: 4096 tail tokens of total mass 1e-4, 1e6 draws: exact and mode="high" in the
+def test_tail_hits_at_full_size():
+    """The tail-hit check at full size: 4096 tail tokens of total mass 1e-4, 1e6 draws: exact and mode="high" in the
     binomial interval (~[69, 134]); float32 Gumbel (expects ~4) significantly below."""
     tail = 4096
     logits = np.full(tail + 1, np.log(1e-4 / (1 - 1e-4) / tail), np.float32)

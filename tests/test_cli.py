@@ -10,7 +10,7 @@ import pytest
 from mdm.data import MarkovLanguage
 from mdm.evaluation import generative_perplexity, markov_sample_fidelity, sample_entropy
 from mdm.loop import run
-from mdm.pretrained import load_trained
+from mdm.trained import load_trained
 from test_loop import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

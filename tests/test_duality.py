@@ -63,13 +63,14 @@ def test_keep_probability_matches_monte_carlo_argmax(vocab, mu):
 
 
 def test_published_calibration_values_for_gpt2_vocabulary():
-    """DUO's cached integral (s-sahoo/duo integral/gpt2.pkl, key pt) and research/mcd.md's table, V = 50,257."""
+    """DUO's cached values of alpha = F_Y(exp(-gamma / 2)) (arXiv:2506.10892, its GPT-2 integral cache),
+    and the SNR mu with F_Y(mu) = alpha from an independent computation (3 decimals), V = 50,257."""
     vocab = 50257
     cache = {-4.0: 0.998694, -1.0: 0.006206}  # gamma -> alpha^mask, DUO's cache (6 digits)
     for gamma, alpha in cache.items():
-        assert abs(float(duality.alpha_from_gamma(gamma, vocab)) - alpha) < 2e-6
+        assert abs(float(duality.keep_probability(jnp.exp(-0.5 * jnp.asarray(gamma)), vocab)) - alpha) < 2e-6
     table = {0.01: 1.827, 0.05: 2.529, 0.50: 4.229, 0.95: 5.945, 0.99: 6.663}  # alpha -> mu (3 decimals)
-    mus = duality.snr_from_alpha(jnp.asarray(list(table)), vocab)
+    mus = duality.snr_from_mask_prob(1.0 - jnp.asarray(list(table)), vocab)
     np.testing.assert_allclose(np.asarray(mus), list(table.values()), atol=6e-4)
 
 
@@ -85,44 +86,39 @@ def test_inverse_matches_float64_root_and_round_trips(vocab):
     # mu -> F_Y -> mu, and m -> mu -> 1 - F_Y -> m (relative, both tails).
     back = np.asarray(duality.mask_probability(jnp.asarray(mus, jnp.float32), vocab), np.float64)
     np.testing.assert_allclose(back, np.float32(masks), rtol=5e-6)
-    # Through whichever of F_Y and 1 - F_Y is small (the other rounds to 1 in float32).
+    # mu -> 1 - F_Y -> mu where 1 - F_Y is the small side (F_Y >= 1/2).
     grid = jnp.linspace(-3.0, 7.0, 21)
-    keep = duality.keep_probability(grid, vocab)
-    again = jnp.where(
-        keep < 0.5,
-        duality.snr_from_alpha(keep, vocab),
-        duality.snr_from_mask_prob(duality.mask_probability(grid, vocab), vocab),
-    )
-    np.testing.assert_allclose(np.asarray(again), np.asarray(grid), atol=2e-4)
+    upper = np.asarray(duality.keep_probability(grid, vocab)) >= 0.5
+    again = duality.snr_from_mask_prob(duality.mask_probability(grid, vocab), vocab)
+    np.testing.assert_allclose(np.asarray(again)[upper], np.asarray(grid)[upper], atol=2e-4)
     edges = duality.snr_from_mask_prob(jnp.asarray([0.0, 1.0]), vocab)
     assert np.asarray(edges).tolist() == [np.inf, -np.inf]
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "polynomial"])
 def test_any_schedule_is_a_gaussian_snr_and_back(name):
-    latent = duality.GaussianLatent(make_schedule(name, eps=1e-3), vocab_size=256)
+    schedule, vocab = make_schedule(name, eps=1e-3), 256
     t = jnp.linspace(0.01, 1.0, 25)
-    np.testing.assert_allclose(latent.alpha(t), latent.schedule.alpha(t), rtol=1e-5, atol=1e-7)
-    mu = latent.snr(t)
+    mu = duality.snr_from_mask_prob(schedule.mask_prob(t), vocab)
+    np.testing.assert_allclose(duality.keep_probability(mu, vocab), schedule.alpha(t), rtol=1e-5, atol=1e-7)
     assert np.all(np.diff(np.asarray(mu)) < 0)  # SNR falls as alpha falls
-    a, s = latent.signal_and_noise(t)
+    a, s = duality.signal_and_noise(mu)
     np.testing.assert_allclose(a**2 + s**2, 1.0, rtol=1e-6)
     np.testing.assert_allclose(a / s, mu, rtol=1e-5)
-    positive = np.asarray(mu) > 0
-    np.testing.assert_allclose(duality.snr_from_gamma(latent.gamma(t))[positive], mu[positive], rtol=1e-5)
     # alpha(0) = 1 is the clean end: infinite SNR, a = 1, s = 0.
-    a0, s0 = latent.signal_and_noise(jnp.zeros(()))
-    assert float(latent.snr(0.0)) == np.inf and float(a0) == 1.0 and float(s0) == 0.0
+    mu0 = duality.snr_from_mask_prob(schedule.mask_prob(jnp.zeros((), jnp.float32)), vocab)
+    a0, s0 = duality.signal_and_noise(mu0)
+    assert float(mu0) == np.inf and float(a0) == 1.0 and float(s0) == 0.0
 
 
 def test_max_of_normals_sampler_matches_brute_force():
-    """(B)'s inverse-CDF maximum of 999 normals vs the brute-force maximum: two-sample KS."""
+    """The 'gaussian' coupling's inverse-CDF maximum of 999 normals vs the brute-force maximum: two-sample KS."""
     n = 20_000
     u = jax.random.uniform(jax.random.PRNGKey(0), (n,), minval=1e-30, maxval=1.0)
     fast = np.asarray(duality.max_of_normals(u, 999))
     brute = np.asarray(jnp.max(jax.random.normal(jax.random.PRNGKey(1), (n, 999)), axis=-1))
     assert stats.ks_2samp(fast, brute).pvalue > 1e-3
-    assert abs(fast.mean() - 3.242) < 0.01 and abs(fast.std() - 0.353) < 0.01  # research/mcd.md §3
+    assert abs(fast.mean() - 3.242) < 0.01 and abs(fast.std() - 0.353) < 0.01  # that maximum's mean and std
 
 
 # -- coupled pairs ------------------------------------------------------------------------------

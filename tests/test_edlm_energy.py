@@ -114,7 +114,7 @@ def test_ar_energy_refuses_a_bidirectional_model():
 def _nce(denoiser, num_negatives=1, energy_cfg=None):
     return NCEObjective(
         model=EnergyNetwork(energy_cfg or _cfg()),
-        denoiser=denoiser,
+        frozen_denoiser=denoiser,
         schedule=make_schedule("linear"),
         t_min=1e-3,
         num_negatives=num_negatives,
@@ -350,8 +350,8 @@ def test_sample_py_edlm_with_the_ar_energy(runs):
 
 @pytest.mark.slow
 def test_energy_runs_that_disagree_with_the_mdm_are_one_line_errors(runs, capsys):
-    from mdm.generation import load_energy
-    from mdm.pretrained import load_trained
+    from mdm.trained import load_energy
+    from mdm.trained import load_trained
 
     argv = ["--workdir", str(runs / "mdm"), "--sampler", "edlm", "--energy", "ar", "--energy_workdir", str(runs / "mdm")]
     assert _sample_main()(argv + ["--progress=false"]) == 2
@@ -373,9 +373,9 @@ def test_energy_runs_that_disagree_with_the_mdm_are_one_line_errors(runs, capsys
 def test_sample_py_edlm_with_a_trained_nce_energy(runs, capsys):
     """configs/edlm_nce.py's path end to end: NCE training through the one loop from the MDM
     run, then sample.py --energy nce; the energy run itself refuses to sample."""
-    from mdm.generation import load_energy
+    from mdm.trained import load_energy
     from mdm.loop import run
-    from mdm.pretrained import load_trained
+    from mdm.trained import load_trained
     from test_loop import tiny_config
 
     common = {"data.source": "synthetic", "data.seq_len": 16, "train.num_steps": 2, "train.checkpoint_every": 2}

@@ -1,6 +1,6 @@
 """The EDLM likelihood: the discrete-step chain is a bound (never below the exact NLL of the
 T-step model, computed by enumeration), it tightens with the oracle energy, and the Monte Carlo
-log Z is biased low exactly as the notes say.
+log Z is biased low as `log_mean_exp` says.
 
 Toy: L = 4, V = 3 (81 sequences); every exact number is a float64 enumeration in numpy.
 """
@@ -175,7 +175,7 @@ def _pooled(mean_and_se):
 
 def test_log_z_n_is_biased_low_like_1_over_n_and_the_snis_value_sits_above():
     """Log-normal weights (sigma = 1, log Z = 1/2): bias of log Z_n = -0.50, -0.29, -0.088, -0.027
-    at n = 1, 2, 8, 32 (research/edlm.md §5); the self-normalised value tends to E_p[a] = 1."""
+    at n = 1, 2, 8, 32 (n = 1: exactly -sigma^2 / 2; docs/edlm.md); the self-normalised value tends to E_p[a] = 1."""
     reps = 40_000
     expected = {1: -0.50, 2: -0.29, 8: -0.088, 32: -0.027}
 

@@ -122,3 +122,17 @@ def test_conventions_and_the_default_config_numbers():
     assert flops_per_token(cfg, 128, "full") == 6 * 885_120 + 12 * 4 * 128 * 128
     with pytest.raises(ConfigError, match="FLOP convention 'bogus'"):
         flops_per_token(cfg, 128, "bogus")
+
+
+if __name__ == "__main__":  # the measurements in docs/flops.md: python tests/test_flops.py
+    for objective, shape, _ in CASES:
+        config = _config(objective, *shape)
+        exp, compiled, xla_flops = _compiled_train_step(config)
+        tokens = config.train.batch_size * config.data.seq_len
+        formula = train_flops_per_token(exp.objective.model.cfg, config.data.seq_len) * tokens
+        dots = hlo_dot_flops(compiled.as_text())
+        layers, width, heads, mlp, tied = shape
+        print(
+            f"{objective:3s} layers={layers} d_model={width} mlp={mlp} tied={tied}: formula {formula:.6g}, "
+            f"HLO dots {dots:.6g} ({dots / formula - 1:+.1e}), XLA total {xla_flops:.6g} ({xla_flops / formula - 1:+.2%})"
+        )

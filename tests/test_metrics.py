@@ -85,3 +85,21 @@ def test_stderr_matches_the_spread_of_the_estimate_over_repeated_evaluations():
     truth = np.mean(estimates)  # the ratio estimator's bias is O(1/m), far below its s.e.
     coverage = np.mean(np.abs(estimates - truth) <= 1.96 * stderrs)
     assert 0.9 < coverage < 0.98
+
+
+def test_metrics_writer_works_without_tensorboardx(tmp_path, monkeypatch):
+    """tensorboardX is an optional extra: without it a writer keeps metrics.jsonl alone."""
+    import sys
+
+    from mdm import metrics
+
+    for name in [m for m in sys.modules if m == "tensorboardX" or m.startswith("tensorboardX.")] + ["tensorboardX"]:
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import tensorboardX...` raise ImportError
+    assert not metrics.tensorboard_available()
+    writer = metrics.MetricsWriter(tmp_path / "metrics.jsonl")
+    assert writer.events is None
+    writer.write(1, {"train/loss": 2.0})
+    writer.write(2, {"train/loss": 1.5})
+    writer.truncate_after(1)
+    assert [r["step"] for r in metrics.read_metrics(tmp_path / "metrics.jsonl")] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]

@@ -113,7 +113,7 @@ def test_chunked_attention_equals_one_call(causal):
 
     def loss(model, p):
         out = model.apply({"params": p}, x, None, pad)
-        return (out * jnp.arange(V)).sum(), out
+        return (out * jnp.arange(V)[None, None, :]).sum(), out
 
     (_, o1), g1 = jax.value_and_grad(lambda p: loss(base, p), has_aux=True)(params)
     (_, o2), g2 = jax.value_and_grad(lambda p: loss(chunked, p), has_aux=True)(params)

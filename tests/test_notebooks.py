@@ -14,6 +14,8 @@ import json
 import math
 import pathlib
 import re
+import subprocess
+import sys
 import time
 
 import jax
@@ -25,14 +27,14 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from scipy import stats
 
-from mdm import notebook, unmasking
+from mdm import notebook, runs, unmasking
 from mdm.checkpoint import Checkpointer
 from mdm.cli import load_config
 from mdm.errors import CheckpointError, ConfigError
 from mdm.experiment import build
 from mdm.generation import generate, make_canvas
 from mdm.metrics import MetricsWriter, read_metrics
-from mdm.pretrained import load_trained
+from mdm.trained import load_trained
 from mdm.samplers import SamplerSettings, make_sampler
 from mdm.schedules import make_schedule
 from mdm.state import init_state
@@ -153,7 +155,7 @@ def _synthetic_run(workdir: pathlib.Path, floor: float, steps: int = 60) -> dict
 
 def _synthetic_sweep(sweep_dir: pathlib.Path) -> None:
     """results.csv of MDM and AR runs drawn from known L(N, D) laws (3 budgets x 5 sizes each)."""
-    fits = pytest.importorskip("scaling_laws.fits")
+    fits = pytest.importorskip("scaling_laws.results")
     rng = np.random.default_rng(0)
     rows = []
     for objective, (e, a, b, alpha, beta) in {
@@ -202,6 +204,18 @@ def test_notebooks_install_first_and_take_papermill_parameters(name):
     assert not any(c.get("outputs") for c in code), "commit notebooks without outputs"
 
 
+def test_committed_notebooks_are_what_the_builder_writes(tmp_path):
+    """notebooks/*.ipynb are notebooks/build_notebooks.py's output: edit the builder, then rerun it."""
+    builder = [sys.executable, str(NOTEBOOKS / "build_notebooks.py"), str(tmp_path)]
+    subprocess.run(builder, check=True, capture_output=True, timeout=300)
+    for name in ("sample.ipynb", "runs.ipynb"):
+        built = nbformat.read(tmp_path / "notebooks" / name, as_version=4)
+        committed = nbformat.read(NOTEBOOKS / name, as_version=4)
+        stale = f"notebooks/{name} differs from what notebooks/build_notebooks.py writes: run it and commit the result"
+        assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in built.cells], stale
+        assert committed == built, stale
+
+
 def test_readme_sections_give_the_colab_link_and_the_first_two_cells():
     text = (ROOT / "README.md").read_text()
     assert "## Use in Colab" in text and notebook.COLAB_URL in text
@@ -226,17 +240,6 @@ def test_tiny_default_config_is_configs_default():
     assert short.train.num_steps == 150 and short.train.checkpoint_every == 150 and short.train.eval_every == 50
 
 
-def test_a_distilled_student_samples_with_the_grid_it_was_made_for():
-    from mdm.config import base_config
-
-    config = base_config()
-    if "mcd" not in config:
-        pytest.skip("this version has no mcd objective")
-    assert notebook.student_settings(config) is None  # objective mdm
-    config.objective, config.mcd.teacher_steps, config.mcd.rounds, config.mcd.grid = "mcd", 1024, 3, "cosine"
-    assert notebook.student_settings(config) == SamplerSettings("ancestral", steps=128, grid="cosine")
-
-
 def test_fetch_copies_a_checkpoint_step_and_loads_the_same_params(tmp_path):
     run = tmp_path / "run"
     state = _saved_untrained(run, **{"data.seq_len": 16})
@@ -247,9 +250,9 @@ def test_fetch_copies_a_checkpoint_step_and_loads_the_same_params(tmp_path):
     for x, y in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(loaded.params)):
         np.testing.assert_array_equal(x, y)
     # A workdir, its checkpoints/ folder and one step folder name the same run.
-    assert notebook.locate_checkpoint(str(run / "checkpoints" / "0"))[1] == 0
-    assert str(notebook.locate_checkpoint(str(run / "checkpoints"))[0]) == str(run)
-    assert notebook.is_remote("gs://bucket/run") and not notebook.is_remote(str(run))
+    assert runs.locate(str(run / "checkpoints" / "0"), "")[1] == 0
+    assert str(runs.locate(str(run / "checkpoints"), "")[0]) == str(run)
+    assert runs.is_remote("gs://bucket/run") and not runs.is_remote(str(run))
 
 
 def test_bad_checkpoints_are_one_line_errors_naming_the_fix(tmp_path, capsys):
@@ -329,8 +332,8 @@ def test_recorded_samples_are_generates_samples(settings):
     exp = build(config)
     params = init_state(exp.objective, exp.optimizer, jax.random.PRNGKey(3), 16).params
     canvas = make_canvas(exp.tokenizer, 16, prompt="ab")
-    traj = unmasking.record(exp.objective, config, params, settings, canvas, 4, seed=11)
-    out = generate(exp.objective, config, params, settings, canvas, 4, seed=11, batch_size=2, progress=False)
+    traj = unmasking.record(exp.objective, params, settings, canvas, 4, seed=11)
+    out = generate(exp.objective, params, settings, canvas, 4, seed=11, batch_size=2, progress=False)
     np.testing.assert_array_equal(traj.tokens_BxL, out["tokens"])  # batches of 2 in generate, one of 4 here
     assert traj.nfe == out["nfe"] // 2 or settings.sampler != "fhs"  # FHS: 13 calls per batch
     assert np.all(traj.reveal_step_BxL[:, :3] == -1) and np.all(traj.reveal_step_BxL[:, 3:] >= 0)  # BOS, 'a', 'b' given
@@ -339,7 +342,7 @@ def test_recorded_samples_are_generates_samples(settings):
     assert unmasking.render(exp.tokenizer, np.asarray([bos, 97, 98, mask, 99, mask]), mask) == "ab_c_"
     ar = tiny_config(objective="ar", **{"data.seq_len": 16})
     with pytest.raises(ConfigError, match="no unmasking order"):
-        unmasking.record(build(ar).objective, ar, params, SamplerSettings("fhs"), canvas, 1)
+        unmasking.record(build(ar).objective, params, SamplerSettings("fhs"), canvas, 1)
 
 
 def test_exact_fhs_reveal_steps_are_the_call_index_and_a_uniform_order():

@@ -128,7 +128,7 @@ def test_both_estimators_bound_the_nll_of_an_imperfect_denoiser(eps):
 
     class Noisy(JointOracleModel):
         def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None, return_hidden=False):
-            return super().apply(variables, tokens_BxL) + noise
+            return super().apply(variables, tokens_BxL) + noise[None]
 
     model = Noisy(rng.dirichlet(np.ones(V**L)), L, V)
     _, nelbo_x, nll_x = _exact_nelbo_and_nll(model, L, V)
@@ -150,7 +150,7 @@ class TimeLogitsModel(FixedLogitsModel):
         self.cfg = dataclasses.replace(self.cfg, time_conditioning=True)
 
     def apply(self, variables, tokens_BxL, t_B=None, attention_mask_BxL=None, return_hidden=False):
-        return super().apply(variables, tokens_BxL) + t_B[:, None, None] * self.slope
+        return super().apply(variables, tokens_BxL) + t_B[:, None, None] * self.slope[None]
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.05])
@@ -193,7 +193,7 @@ def test_unmasked_positions_carry_over_and_add_nothing():
     class Perturbed(FixedLogitsModel):
         def apply(self, variables, tokens, t=None, attention_mask_BxL=None, return_hidden=False):
             out = super().apply(variables, tokens, t)
-            return jnp.where((tokens == V)[..., None], out, out + 1e3 * jnp.arange(V))
+            return jnp.where((tokens == V)[..., None], out, out + 1e3 * jnp.arange(V)[None, None, :])
 
     key = jax.random.PRNGKey(0)
     a = _mdm(FixedLogitsModel(base)).loss(None, {"tokens": x0}, key)[0]

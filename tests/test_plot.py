@@ -61,14 +61,14 @@ def test_plot_cli_writes_every_panel_as_a_png(tmp_path, capsys):
     _write_run(tmp_path / "mdm", 2.0, tensorboard=False)
     _write_run(tmp_path / "ar", 1.6, tensorboard=False)
     out = tmp_path / "plots"
-    assert plot.main([str(tmp_path / "mdm"), str(tmp_path / "ar"), "--out", str(out), "--labels", "MDM,AR"]) == 0
+    assert plot.main(["--workdirs", f"{tmp_path / 'mdm'},{tmp_path / 'ar'}", "--out", str(out), "--labels", "MDM,AR"]) == 0
     names = {"curves", "train_loss", "eval_loss", "bits", "lr", "tokens_per_s", "grad_norm"}
     assert {p.name for p in out.iterdir()} == {f"{n}.png" for n in names}
     assert capsys.readouterr().out.split() == [str(out / f"{n}.png") for n in ["curves"] + [c.name for c in plot.CURVES]]
     for path in out.iterdir():
         _check_png(path)
     # One run without --out: its own plots/ folder.
-    assert plot.main([str(tmp_path / "ar")]) == 0 and (tmp_path / "ar" / "plots" / "curves.png").is_file()
+    assert plot.main(["--workdirs", str(tmp_path / "ar")]) == 0 and (tmp_path / "ar" / "plots" / "curves.png").is_file()
 
 
 def test_curves_draw_exactly_the_logged_values(tmp_path):
@@ -121,9 +121,9 @@ def test_runs_without_bytes_plot_bits_per_token(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["/no/such/run"], "error: no metrics.jsonl in /no/such/run; pass a run's workdir"),
-        (["RUN", "--labels", "a,b"], "error: 2 labels for 1 workdirs; give one label per workdir"),
-        (["RUN", "--x", "tokens"], "error: --x tokens needs the batch size and seq_len of"),
+        (["--workdirs", "/no/such/run"], "error: no metrics.jsonl in /no/such/run; pass a run's workdir"),
+        (["--workdirs", "RUN", "--labels", "a,b"], "error: 2 labels for 1 workdirs; give one label per workdir"),
+        (["--workdirs", "RUN", "--x", "tokens"], "error: --x tokens needs the batch size and seq_len of"),
     ],
 )
 def test_plot_cli_bad_input_is_one_line(tmp_path, capsys, args, message):

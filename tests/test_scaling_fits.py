@@ -12,10 +12,20 @@ import pytest
 from matplotlib import image as mpimg
 from scipy import optimize
 
-from scaling_laws import fits, report
-from scaling_laws.fits import FitError, IsoFlopWarning, PowerLaw, RunResult
+from scaling_laws import report
+from scaling_laws.approach2_isoflop import IsoFlopWarning, fit_approach2, isoflop_minima
+from scaling_laws.approach3_parametric import (
+    PARAM_NAMES,
+    _huber_objective,
+    chinchilla_allocation,
+    fit_approach3,
+    optimal_allocation,
+)
+from scaling_laws.multiplier import compute_multiplier, fit_multiplier, multiplier_at_ar_compute
+from scaling_laws.power_laws import PowerLaw, one_blas_thread
+from scaling_laws.results import FitError, RunResult, read_results, replicate_spread, runs_of, write_results
 
-# Besiroglu et al.'s refit of Chinchilla (research/scaling.md section 6): a = beta/(alpha+beta) = 0.5126.
+# Besiroglu et al.'s refit of Chinchilla (2024, "Chinchilla Scaling: A replication attempt"): a = beta/(alpha+beta) = 0.5126.
 BESIROGLU = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
 A_TRUE = BESIROGLU["beta"] / (BESIROGLU["alpha"] + BESIROGLU["beta"])
 BUDGETS = np.logspace(18, 21, 7)
@@ -72,8 +82,8 @@ def test_results_csv_round_trip_keeps_every_value_and_extra_columns(tmp_path):
     rows = synthetic_runs(budgets=BUDGETS[:2], sizes=3)
     rows[0] = dataclasses.replace(rows[0], extra=(("loss_stderr", "0.0012"),))
     path = tmp_path / "results.csv"
-    fits.write_results(path, rows)
-    back = fits.read_results(path)
+    write_results(path, rows)
+    back = read_results(path)
     assert [dataclasses.replace(r, extra=()) for r in back] == [dataclasses.replace(r, extra=()) for r in rows]
     assert dict(back[0].extra) == {"loss_stderr": "0.0012"} and dict(back[1].extra) == {"loss_stderr": ""}
     assert back[3].flops_per_token == pytest.approx(6.0 * back[3].params, rel=1e-12)
@@ -81,17 +91,17 @@ def test_results_csv_round_trip_keeps_every_value_and_extra_columns(tmp_path):
 
 def test_read_results_fails_in_one_line_on_missing_file_columns_and_bad_values(tmp_path):
     with pytest.raises(FitError, match="no results file"):
-        fits.read_results(tmp_path / "nope.csv")
+        read_results(tmp_path / "nope.csv")
     path = tmp_path / "results.csv"
     path.write_text("objective,run,budget,params\nar,x,1e18,10\n")
     with pytest.raises(FitError, match="lacks column.*params_total.*loss") as e:
-        fits.read_results(path)
+        read_results(path)
     assert "\n" not in str(e.value)
-    fits.write_results(path, synthetic_runs(budgets=BUDGETS[:2], sizes=3))
+    write_results(path, synthetic_runs(budgets=BUDGETS[:2], sizes=3))
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], lines[1].replace(",32,", ",32.5,", 1)]) + "\n")
     with pytest.raises(FitError, match=r"results.csv:2: batch_size='32.5' is not an integer"):
-        fits.read_results(path)
+        read_results(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +113,7 @@ def test_isoflop_parabola_matches_numpy_polyfit_and_d_opt_uses_measured_flops():
     that log-log interpolation reproduces exactly."""
     fpt = lambda n: 11.0 * n**0.9  # noqa: E731
     rows = synthetic_runs(budgets=BUDGETS[:3], sizes=6, sigma=0.01, seed=5, fpt=fpt, off=0.1)
-    minima = fits.isoflop_minima(rows)
+    minima = isoflop_minima(rows)
     for m in minima:
         runs = [r for r in rows if r.budget == m.budget]
         x = np.log([r.params for r in runs])
@@ -116,8 +126,8 @@ def test_isoflop_parabola_matches_numpy_polyfit_and_d_opt_uses_measured_flops():
 
 
 def test_approach2_is_exact_on_noise_free_centred_grids():
-    """With every grid centred on the true N_opt the parabola bias cancels (research/scaling.md 6)."""
-    fit = fits.fit_approach2(synthetic_runs(sigma=0.0), n_boot=0)
+    """With every grid centred on the true N_opt the parabola bias cancels."""
+    fit = fit_approach2(synthetic_runs(sigma=0.0), n_boot=0)
     assert fit.n_opt.law.exponent == pytest.approx(A_TRUE, abs=1e-6)
     assert fit.d_opt.law.exponent == pytest.approx(1 - A_TRUE, abs=1e-6)
     assert fit.n_boot_valid == 0 and math.isnan(fit.n_opt.exponent_interval()[0])
@@ -126,7 +136,7 @@ def test_approach2_is_exact_on_noise_free_centred_grids():
 def test_approach2_recovers_exponents_from_noisy_runs_and_the_truth_is_inside_the_interval():
     """7 budgets x 7 sizes over +-0.6 decades, 0.5 % log-normal noise: a within +-0.03 of 0.5126
     (measured over 200 seeds: max error 0.023), and the 95 % bootstrap interval holds the truth."""
-    fit = fits.fit_approach2(synthetic_runs(sigma=0.005, seed=0), n_boot=400, seed=0)
+    fit = fit_approach2(synthetic_runs(sigma=0.005, seed=0), n_boot=400, seed=0)
     assert fit.n_boot_valid == 400
     for law, truth in ((fit.n_opt, A_TRUE), (fit.d_opt, 1 - A_TRUE)):
         assert abs(law.law.exponent - truth) < 0.03
@@ -143,7 +153,7 @@ def test_approach2_bootstrap_interval_coverage_over_seeds():
     >= 52 of 60 (binomial(60, 0.95) falls below that with probability < 1 %)."""
     hits = 0
     for seed in range(60):
-        fit = fits.fit_approach2(synthetic_runs(sigma=0.005, seed=100 + seed), n_boot=200, seed=seed)
+        fit = fit_approach2(synthetic_runs(sigma=0.005, seed=100 + seed), n_boot=200, seed=seed)
         lo, hi = fit.n_opt.exponent_interval(0.95)
         hits += lo < A_TRUE < hi
     assert hits >= 52, hits
@@ -157,19 +167,19 @@ def test_clipped_and_concave_budgets_are_flagged_left_out_and_refused_when_stric
     concave = [dataclasses.replace(r, loss=10.0 - r.loss) for r in rows if r.budget == BUDGETS[1]]
     others = [r for r in rows if r.budget in (BUDGETS[2], BUDGETS[3])]
     with pytest.warns(IsoFlopWarning) as caught:
-        fit = fits.fit_approach2(clipped + concave + others, n_boot=20)
+        fit = fit_approach2(clipped + concave + others, n_boot=20)
     messages = " ".join(str(w.message) for w in caught)
     assert "outside the sampled sizes" in messages and "opens downward" in messages
     assert [m.status for m in fit.minima] == ["clipped", "concave", "ok", "ok"]
     assert fit.minima[0].n_opt > fit.minima[0].n_max
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        reference = fits.fit_approach2(others, n_boot=0)
+        reference = fit_approach2(others, n_boot=0)
     assert fit.n_opt.law.exponent == pytest.approx(reference.n_opt.law.exponent, abs=1e-12)
     with pytest.raises(FitError, match="outside the sampled sizes"):
-        fits.fit_approach2(clipped + concave + others, strict=True)
+        fit_approach2(clipped + concave + others, strict=True)
     with pytest.raises(FitError, match="only 1 budget"), pytest.warns(IsoFlopWarning):
-        fits.fit_approach2(clipped + concave + others[:7])
+        fit_approach2(clipped + concave + others[:7])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,12 +191,12 @@ def test_huber_objective_gradient_matches_finite_differences():
     data = tuple(np.log([getattr(r, k) for r in rows]) for k in ("params", "tokens", "loss"))
     theta = np.array([6.0, 7.5, 0.6, 0.35, 0.37])
     for delta in (1e-3, 1.0):  # linear and quadratic Huber regions
-        _, grad = fits._huber_objective(theta[None], *data, delta)
+        _, grad = _huber_objective(theta[None], *data, delta)
         eps = 1e-7
         numeric = [
             (
-                fits._huber_objective((theta + eps * e)[None], *data, delta)[0][0]
-                - fits._huber_objective((theta - eps * e)[None], *data, delta)[0][0]
+                _huber_objective((theta + eps * e)[None], *data, delta)[0][0]
+                - _huber_objective((theta - eps * e)[None], *data, delta)[0][0]
             )
             / (2 * eps)
             for e in np.eye(5)
@@ -195,15 +205,15 @@ def test_huber_objective_gradient_matches_finite_differences():
 
 
 def test_approach3_is_exact_on_noise_free_runs():
-    fit = fits.fit_approach3(synthetic_runs(sigma=0.0), n_boot=0, n_starts=8)
-    np.testing.assert_allclose(fit.params, [BESIROGLU[k] for k in fits.PARAM_NAMES], rtol=1e-4)
+    fit = fit_approach3(synthetic_runs(sigma=0.0), n_boot=0, n_starts=8)
+    np.testing.assert_allclose(fit.params, [BESIROGLU[k] for k in PARAM_NAMES], rtol=1e-4)
     assert fit.closed_form()["a"] == pytest.approx(A_TRUE, abs=1e-4)
 
 
 def test_approach3_recovers_the_law_from_noisy_runs():
     """0.5 % noise, 49 runs. Tolerances from 20 seeds (max errors E 0.071, alpha 0.028, beta 0.027,
     a 0.019): E +-0.1, alpha and beta +-0.05, a +-0.03."""
-    fit = fits.fit_approach3(synthetic_runs(sigma=0.005, seed=0), n_boot=6, n_starts=8)
+    fit = fit_approach3(synthetic_runs(sigma=0.005, seed=0), n_boot=6, n_starts=8)
     e, _, _, alpha, beta = fit.params
     assert abs(e - BESIROGLU["E"]) < 0.1
     assert abs(alpha - BESIROGLU["alpha"]) < 0.05 and abs(beta - BESIROGLU["beta"]) < 0.05
@@ -217,7 +227,7 @@ def test_approach3_huber_shrugs_off_two_tenfold_outliers():
     rows = synthetic_runs(sigma=0.0)
     for i in (10, 30):
         rows[i] = dataclasses.replace(rows[i], loss=rows[i].loss * 10)
-    fit = fits.fit_approach3(rows, n_boot=0, n_starts=8)
+    fit = fit_approach3(rows, n_boot=0, n_starts=8)
     assert abs(fit.closed_form()["a"] - A_TRUE) < 0.005
     assert abs(fit.params[0] - BESIROGLU["E"]) < 0.02
 
@@ -229,7 +239,7 @@ def test_approach3_bootstrap_interval_coverage_over_seeds():
     78-90 %). Threshold: >= 25 of 30 (binomial(30, 0.95) falls below with probability < 1 %)."""
     hits = {"E": 0, "alpha": 0, "beta": 0, "a": 0}
     for seed in range(30):
-        fit = fits.fit_approach3(synthetic_runs(sigma=0.005, seed=500 + seed), n_boot=50, seed=seed)
+        fit = fit_approach3(synthetic_runs(sigma=0.005, seed=500 + seed), n_boot=50, seed=seed)
         for name in ("E", "alpha", "beta"):
             lo, hi = fit.interval(name)
             hits[name] += lo < BESIROGLU[name] < hi
@@ -239,14 +249,14 @@ def test_approach3_bootstrap_interval_coverage_over_seeds():
 
 
 def test_closed_form_frontier_matches_brute_force_and_the_besiroglu_numbers():
-    p = [BESIROGLU[k] for k in fits.PARAM_NAMES]
-    n, d, a, b, g = fits.chinchilla_allocation(p, 5.76e23)
+    p = [BESIROGLU[k] for k in PARAM_NAMES]
+    n, d, a, b, g = chinchilla_allocation(p, 5.76e23)
     assert (a, g) == (pytest.approx(0.5126, abs=1e-4), pytest.approx(0.1196, abs=1e-4))
     assert n == pytest.approx(72e9, rel=0.01) and d == pytest.approx(1.33e12, rel=0.01) and a + b == pytest.approx(1.0)
     log_n = np.linspace(math.log(1e9), math.log(1e12), 400_001)
     brute = np.exp(log_n[np.argmin(law_loss(np.exp(log_n), 5.76e23 / (6 * np.exp(log_n)), BESIROGLU))])
     assert n == pytest.approx(brute, rel=1e-4)
-    numeric = fits.optimal_allocation(p, 5.76e23, lambda m: 6.0 * m, (math.log(1e6), math.log(1e15)))
+    numeric = optimal_allocation(p, 5.76e23, lambda m: 6.0 * m, (math.log(1e6), math.log(1e15)))
     assert numeric[0] == pytest.approx(n, rel=1e-6) and not numeric[3]
 
 
@@ -257,7 +267,7 @@ def test_approach3_frontier_uses_the_measured_flops_per_token():
     Under f = 6N, its exponent equals the closed form beta/(alpha+beta)."""
     fpt = lambda n: 6.0 * n + 3e3 * np.sqrt(n)  # noqa: E731
     rows = synthetic_runs(sigma=0.0, budgets=BUDGETS[:4], fpt=fpt)
-    fit = fits.fit_approach3(rows, n_boot=0, n_starts=4)
+    fit = fit_approach3(rows, n_boot=0, n_starts=4)
     sizes = np.unique([r.params for r in rows]).astype(float)
     grid = np.exp(np.linspace(math.log(sizes[0]), math.log(sizes[-1]), 200_001))
     interpolated = np.exp(np.interp(np.log(grid), np.log(sizes), np.log(fpt(sizes))))
@@ -265,7 +275,7 @@ def test_approach3_frontier_uses_the_measured_flops_per_token():
         assert n == pytest.approx(grid[np.argmin(fit.predict(grid, c / interpolated))], rel=2e-4)
         assert n == pytest.approx(grid[np.argmin(fit.predict(grid, c / fpt(grid)))], rel=5e-3)
         assert d == pytest.approx(c / fpt(n), rel=5e-3)
-    exact = fits.fit_approach3(synthetic_runs(sigma=0.0, budgets=BUDGETS[:4]), n_boot=0, n_starts=4)
+    exact = fit_approach3(synthetic_runs(sigma=0.0, budgets=BUDGETS[:4]), n_boot=0, n_starts=4)
     assert exact.frontier_law().exponent == pytest.approx(exact.closed_form()["a"], abs=1e-6)
 
 
@@ -273,7 +283,7 @@ def test_fits_run_with_one_blas_thread_and_restore_the_previous_count():
     import threadpoolctl
 
     before = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
-    with fits.one_blas_thread():
+    with one_blas_thread():
         assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
     assert [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"] == before
 
@@ -285,16 +295,16 @@ SMDM_MDM, SMDM_AR = PowerLaw(50.2, -0.0625), PowerLaw(45.5, -0.0642)
 
 
 def test_multiplier_matches_the_closed_form_and_the_smdm_table():
-    """research/scaling.md 5: 15.6, 15.8, 16.9, 18.0 at C_AR = 6e18, 1e19, 1e20, 1e21 from the rounded
+    """SMDM's multipliers 15.6, 15.8, 16.9, 18.0 at C_AR = 6e18, 1e19, 1e20, 1e21 from the rounded
     digitised SMDM laws; and against root-finding on the two laws."""
     c_ar = np.array([6e18, 1e19, 1e20, 1e21])
-    np.testing.assert_allclose(np.round(fits.multiplier_at_ar_compute(SMDM_MDM, SMDM_AR, c_ar), 1), [15.6, 15.8, 16.9, 18.0])
+    np.testing.assert_allclose(np.round(multiplier_at_ar_compute(SMDM_MDM, SMDM_AR, c_ar), 1), [15.6, 15.8, 16.9, 18.0])
     for loss in (2.4, 2.8, 3.3):
         c_m = math.exp(optimize.brentq(lambda lc: math.log(SMDM_MDM(math.exp(lc))) - math.log(loss), 10, 120))
         c_a = math.exp(optimize.brentq(lambda lc: math.log(SMDM_AR(math.exp(lc))) - math.log(loss), 10, 120))
-        assert float(fits.compute_multiplier(SMDM_MDM, SMDM_AR, loss)) == pytest.approx(c_m / c_a, rel=1e-9)
+        assert float(compute_multiplier(SMDM_MDM, SMDM_AR, loss)) == pytest.approx(c_m / c_a, rel=1e-9)
     with pytest.raises(FitError, match="does not fall with compute"):
-        fits.compute_multiplier(PowerLaw(3.0, 0.01), SMDM_AR, 2.5)
+        compute_multiplier(PowerLaw(3.0, 0.01), SMDM_AR, 2.5)
 
 
 def test_multiplier_fitted_from_two_sweeps_recovers_the_true_one():
@@ -312,10 +322,10 @@ def test_multiplier_fitted_from_two_sweeps_recovers_the_true_one():
 
     truth_mdm, truth_ar = exact_loss_law(p_mdm), exact_loss_law(p_ar)
     for sigma, rel in ((0.0, 1e-3), (0.005, 0.05)):
-        mdm = fits.fit_approach2(synthetic_runs("mdm", p_mdm, sigma=sigma, seed=3), n_boot=300, seed=1)
-        ar = fits.fit_approach2(synthetic_runs("ar", p_ar, sigma=sigma, seed=4), n_boot=300, seed=2)
-        m = fits.fit_multiplier(mdm, ar)
-        truth = fits.compute_multiplier(truth_mdm, truth_ar, m.losses_K)
+        mdm = fit_approach2(synthetic_runs("mdm", p_mdm, sigma=sigma, seed=3), n_boot=300, seed=1)
+        ar = fit_approach2(synthetic_runs("ar", p_ar, sigma=sigma, seed=4), n_boot=300, seed=2)
+        m = fit_multiplier(mdm, ar)
+        truth = compute_multiplier(truth_mdm, truth_ar, m.losses_K)
         np.testing.assert_allclose(m.multiplier_K, truth, rtol=rel)
         np.testing.assert_allclose(m.multiplier_K, math.exp(m.log_prefactor) * m.losses_K**m.loss_power, rtol=1e-9)
         np.testing.assert_allclose(m.ar_compute_K, BUDGETS)
@@ -351,8 +361,8 @@ _PER_BUDGET_ONLY = {"two sizes in a budget"}  # Approach 3 fits no per-budget pa
 
 @pytest.mark.parametrize(
     "fit, case",
-    [(fits.fit_approach2, c) for c in _degenerate_cases()]
-    + [(fits.fit_approach3, c) for c in _degenerate_cases() if c not in _PER_BUDGET_ONLY],
+    [(fit_approach2, c) for c in _degenerate_cases()]
+    + [(fit_approach3, c) for c in _degenerate_cases() if c not in _PER_BUDGET_ONLY],
 )
 def test_degenerate_input_raises_fit_error_in_one_line(fit, case):
     rows, message = _degenerate_cases()[case]
@@ -364,7 +374,7 @@ def test_degenerate_input_raises_fit_error_in_one_line(fit, case):
 def test_approach3_needs_more_runs_than_parameters():
     rows = synthetic_runs(budgets=BUDGETS[:2], sizes=3)[:5]
     with pytest.raises(FitError, match="5 runs.*5 parameters"):
-        fits.fit_approach3(rows, n_boot=0)
+        fit_approach3(rows, n_boot=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,17 +391,17 @@ def test_report_cli_writes_fits_report_and_figures(tmp_path, capsys):
     budgets = np.logspace(18, 20, 3)
     p_mdm = {"E": 1.9, "A": 520.0, "B": 2400.0, "alpha": 0.34, "beta": 0.35}
     rows = synthetic_runs("mdm", p_mdm, budgets=budgets, sizes=5, seed=1) + synthetic_runs("ar", budgets=budgets, sizes=5, seed=2)
-    fits.write_results(tmp_path / "results.csv", rows)
-    assert report.main([str(tmp_path), "--bootstrap", "100", "--bootstrap3", "2", "--seed", "7"]) == 0
+    write_results(tmp_path / "results.csv", rows)
+    assert report.main(["--sweep_dir", str(tmp_path), "--bootstrap", "100", "--bootstrap3", "2", "--seed", "7"]) == 0
     out = capsys.readouterr().out
     assert "mdm approach 2" in out and "ar approach 3" in out and "multiplier C_mdm/C_ar" in out
 
     result = json.loads((tmp_path / "fits.json").read_text())
-    direct = fits.fit_approach2(fits.runs_of(rows, "ar"), n_boot=100, seed=7 + 1000)
+    direct = fit_approach2(runs_of(rows, "ar"), n_boot=100, seed=7 + 1000)
     law = result["objectives"]["ar"]["approach2"]["laws"]["n_opt"]
     assert law["exponent"] == pytest.approx(direct.n_opt.law.exponent, rel=1e-12)
     assert law["exponent_intervals"]["ci95"] == pytest.approx(list(direct.n_opt.exponent_interval(0.95)), rel=1e-12)
-    assert set(result["objectives"]["mdm"]["approach3"]["params"]) == set(fits.PARAM_NAMES)
+    assert set(result["objectives"]["mdm"]["approach3"]["params"]) == set(PARAM_NAMES)
     valid = [result["objectives"][o]["approach2"]["bootstrap"]["valid"] for o in ("mdm", "ar")]
     assert len(result["multiplier"]["multiplier"]) == 3 and result["multiplier"]["bootstrap_pairs"] == min(valid) > 50
 
@@ -403,8 +413,8 @@ def test_report_cli_writes_fits_report_and_figures(tmp_path, capsys):
 
 
 def test_report_cli_runs_on_one_objective(tmp_path, capsys):
-    fits.write_results(tmp_path / "results.csv", synthetic_runs(budgets=BUDGETS[:3], sizes=5))
-    assert report.main([str(tmp_path), "--bootstrap", "20", "--bootstrap3", "0"]) == 0
+    write_results(tmp_path / "results.csv", synthetic_runs(budgets=BUDGETS[:3], sizes=5))
+    assert report.main(["--sweep_dir", str(tmp_path), "--bootstrap", "20", "--bootstrap3", "0"]) == 0
     result = json.loads((tmp_path / "fits.json").read_text())
     assert list(result["objectives"]) == ["ar"] and "error" in result["multiplier"]
     _check_png(tmp_path / "isoflop.png")
@@ -412,11 +422,11 @@ def test_report_cli_runs_on_one_objective(tmp_path, capsys):
 
 
 def test_report_cli_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
-    assert report.main([str(tmp_path)]) == 2
+    assert report.main(["--sweep_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no results file") and err.count("\n") == 1
-    fits.write_results(tmp_path / "results.csv", synthetic_runs(budgets=BUDGETS[:1], sizes=5))
-    assert report.main([str(tmp_path), "--bootstrap", "5"]) == 2
+    write_results(tmp_path / "results.csv", synthetic_runs(budgets=BUDGETS[:1], sizes=5))
+    assert report.main(["--sweep_dir", str(tmp_path), "--bootstrap", "5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: objective 'ar' has runs at 1 budget(s)") and err.count("\n") == 1
     assert not (tmp_path / "fits.json").exists()
@@ -426,7 +436,7 @@ def test_replicate_spread_matches_pairwise_variance_and_the_noise_drawn(tmp_path
     sigma = 0.02
     first = synthetic_runs(sizes=5, sigma=sigma, seed=0)
     second = [dataclasses.replace(r, run=r.run + "_s1") for r in synthetic_runs(sizes=5, sigma=sigma, seed=1)]
-    spread = fits.replicate_spread(first + second)
+    spread = replicate_spread(first + second)
     # Independent recomputation: the unbiased variance of a pair is (a - b)^2 / 2.
     diffs = np.array([a.loss - b.loss for a, b in zip(first, second)])
     assert spread.cells == len(first) and spread.runs == 2 * len(first)
@@ -435,10 +445,10 @@ def test_replicate_spread_matches_pairwise_variance_and_the_noise_drawn(tmp_path
     # Loss noise is multiplicative exp(sigma z): the pooled std is sigma x the loss level, within sampling error.
     level = np.mean([r.loss for r in first])
     assert spread.pooled_std / level == pytest.approx(sigma, rel=0.35)
-    assert fits.replicate_spread(first) is None
+    assert replicate_spread(first) is None
 
-    fits.write_results(tmp_path / "results.csv", first + second)
-    assert report.main([str(tmp_path), "--bootstrap", "20", "--bootstrap3", "0"]) == 0
+    write_results(tmp_path / "results.csv", first + second)
+    assert report.main(["--sweep_dir", str(tmp_path), "--bootstrap", "20", "--bootstrap3", "0"]) == 0
     result = json.loads((tmp_path / "fits.json").read_text())
     assert result["objectives"]["ar"]["replicates"]["pooled_std"] == pytest.approx(spread.pooled_std, rel=1e-12)
     assert "## Seed spread" in (tmp_path / "report.md").read_text()

@@ -43,7 +43,7 @@ CONTRACT = (
 )
 
 # SMDM's non-embedding N per config, as its pretrain/train_mdm.py `model_para_config` lists them
-# (research/scaling.md section 2): an independent oracle for the ladder's formula.
+# in SMDM's repository: an independent oracle for the ladder's formula.
 SMDM_N = {
     "6M": 6_294_784, "19M": 18_880_896, "34M": 33_563_136, "48M": 47_786_688, "66M": 65_549_440,
     "75M": 75_387_520, "85M": 85_214_080, "113M": 113_265_408, "142M": 141_581_568, "170M": 169_897_728,

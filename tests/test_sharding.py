@@ -1,4 +1,4 @@
-"""Meshes and shardings: equality with one device, real sharding, clear mesh errors.
+"""Meshes and shardings: equality with one device, real sharding, clear mesh errors, a rule for every logical axis.
 
 The multi-device checks run `sharding_check.py` in a subprocess with 8 simulated CPU devices
 (XLA_FLAGS must be set before JAX starts).
@@ -10,13 +10,57 @@ import pathlib
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import pytest
+from jax.sharding import PartitionSpec
 
+from mdm.config import base_config
+from mdm.energy.network import EnergyNetwork
 from mdm.errors import ConfigError
-from mdm.sharding import make_mesh, mesh_shape
+from mdm.networks import Transformer, TransformerConfig
+from mdm.sharding import DEFAULT_RULES, make_mesh, mesh_shape, rules_from_config
 
 HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _logical_names(model, time=False) -> set[str]:
+    """Every logical axis name in the PartitionSpecs of `model`'s params (shapes only, no allocation)."""
+    t = jnp.ones((1,)) if time else None
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), t))
+    names = set()
+    for spec in jax.tree.leaves(nn.get_partition_spec(variables), is_leaf=lambda x: isinstance(x, PartitionSpec)):
+        for entry in spec:
+            names.update([entry] if isinstance(entry, str) else entry or ())
+    return names
+
+
+def _network_logical_names() -> dict[str, set[str]]:
+    cfg = dict(vocab_size=11, num_layers=1, d_model=16, num_heads=2, mlp_dim=32)
+    return {
+        "time-conditioned transformer, untied head": _logical_names(
+            Transformer(TransformerConfig(**cfg, time_conditioning=True, tie_embeddings=False)), time=True
+        ),
+        "causal transformer": _logical_names(Transformer(TransformerConfig(**cfg, causal=True))),
+        "energy network": _logical_names(EnergyNetwork(TransformerConfig(**cfg))),
+    }
+
+
+def test_every_logical_axis_of_every_network_has_a_rule():
+    """DEFAULT_RULES (and config's mesh.rules, made from it) name every logical axis of every
+    network's params; dropping any one of those rules is caught."""
+    used = _network_logical_names()
+    assert {"pair", "energy", "adaln", "time", "vocab"} <= set().union(*used.values())  # every network was seen
+    config_rules = rules_from_config(base_config().mesh.rules)
+    assert dict(config_rules) == dict(DEFAULT_RULES)
+    for rules in (DEFAULT_RULES, config_rules):
+        known = {name for name, _ in rules}
+        for network, names in used.items():
+            assert names <= known, f"{network}: no rule for {sorted(names - known)}"
+    for dropped in set().union(*used.values()):  # the check above fails when a rule is removed
+        known = {name for name, _ in DEFAULT_RULES if name != dropped}
+        assert any(not names <= known for names in used.values())
 
 
 def test_mesh_shape_fills_the_free_axis_and_rejects_mismatches():

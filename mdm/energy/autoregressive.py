@@ -10,7 +10,8 @@ coAR:       E(x0, xt) = -sum_{l masked in xt} log p_AR(x0_l | x0_<l) + log p_the
 The AR model is the library's causal transformer, whose input is the sequence shifted right
 with the mask id as the start symbol, so all L positions are scored (none is left out as in
 the official code's position 0). Its V outputs never include the mask, so no logit needs
-suppressing. The diffusion term is log p_theta, a log-probability (pitfalls §4).
+suppressing. The diffusion term is log p_theta, a log-probability (a product of per-position
+probabilities would underflow).
 Cost: one causal forward pass per candidate, no cache needed.
 """
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from mdm import process
-from mdm.energy import EnergyModel
+from mdm.energy.model import EnergyModel
 
 ArLogits = Callable[[Array], Array]  # inputs int[N, L] (start symbol, x0[:, :-1]) -> logits float[N, L, V]
 

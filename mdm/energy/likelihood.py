@@ -1,55 +1,24 @@
-"""A discrete-step NLL bound for the energy-corrected model, printed beside the MDM's own NELBO.
+"""A discrete-step NLL bound of the energy-corrected model, printed beside the MDM's own NELBO.
 
-The model. The T-step sampler on the grid 1 = t_0 > t_1 > ... > t_T = 0 starts from the all-mask
-canvas and at step k draws x_0 ~ p(. | x_{t_k}), then reveals each masked position with
-probability 1 - m(t_{k+1}) / m(t_k) (m = 1 - alpha). Inside the window (t_k >= 1 - w) p is the
-energy-corrected p_theta e^{-E} / Z (importance sampling with K -> infinity), else the MDM's
-p_theta. Call its law p_T.
+The model p_T is the T-step sampler on the grid 1 = t_0 > ... > t_T = 0: at step k it draws
+x_0 ~ p(. | x_{t_k}) and reveals each masked position with probability 1 - m(t_{k+1}) / m(t_k)
+(m = 1 - alpha); p is the energy-corrected p_theta e^{-E} / Z inside the window t_k >= 1 - w
+(the K -> infinity importance sampler), else the MDM's p_theta. With the forward chain q of
+nested masks (l masked at t_k iff u_l < m(t_k) / m(t_0)), for every x_0
 
-The bound. With the forward chain q that masks position l at t_k iff u_l < m(t_k) / m(t_0)
-(u_l ~ U(0, 1), nested masks), q's reveal factors cancel between q and the model, and for every
-x_0
-    -log p_T(x_0) <= E_q[ sum_k -log p(x_0^{S_k} | x_{t_k}) ],                            (1)
-S_k = positions revealed between t_k and t_{k+1}. This needs the *marginal* of p on S_k. For
-the MDM it is prod_{l in S_k} mu_l[x_0^l]; for the energy model (R_k = still masked at t_{k+1})
-    -log p(x^S | x_t) = -log p_theta(x^S | x_t) - log Z_S(x_t) + log Z(x_t),
-    Z_S = E_{y ~ p_theta(. | x_t) on R}[ e^{-E(x^S, y)} ],   Z = E_{x ~ p_theta(. | x_t)}[ e^{-E(x)} ].
-Estimators, per sequence and step (a step that reveals nothing adds exactly 0):
-- -log Z_S: -log (1/n sum_j w_j), n = `inner_samples` draws y_j on R from the even mixture
-  r = (mu(x_t) + mu(x_{t_{k+1}})) / 2 of two factorised proposals: the denoiser at x_t (exact
-  when E does not depend on y) and the one that has seen x^S (close to the corrected
-  conditional when E is good), with weights w_j = prod_R mu(x_t)[y_j] e^{-E(x^S, y_j)} / r(y_j).
-  Its expectation is >= -log Z_S for every n (Jensen; the importance-weighted bound), tighter
-  as n grows, exact when R is empty (the last step). The call at x_{t_{k+1}} is the next
-  step's own call, so the chain makes one denoiser call per revealing step.
-- log Z: exactly 0 for a normalised energy (coAR), or an exact `log_z` function (tests), so the
-  reported number is an upper bound on -log p_T in expectation (a *bound*). Otherwise log Z is
-  estimated from n_z = `log_z_samples` proposals: log Z_n = log mean e^{-E} is biased low
-  (Jensen), which makes the NLL look better than it is; the self-normalised upper value
-  sum softmax(-E) (-E) >= log Z_n tends to E_{p}[-E] >= log Z. Both are reported and the result
-  is labelled an *estimate*, with n, n_z and the spread across sequences.
-Trap avoided (research/edlm.md §5): putting the joint into the continuous-time 1/n-weighted
-ELBO does not give an upper bound; (1) is a discrete chain with marginals, which does.
+    -log p_T(x_0) <= E_q[ sum_k -log p(x_0^{S_k} | x_{t_k}) ],   S_k: revealed from t_k to t_{k+1},   (1)
 
-Choosing T. One step (T = 1) reveals everything at once: R is empty, so there is no inner
-estimate, and for coAR the chain is exactly -sum_l log p_AR(x_l | x_<l), the AR model's NLL (the
-1-step EDLM-coAR model *is* the AR model). Each further step adds an inner gap, which grows with
-the number of positions left masked and with how far E is from a per-position correction: on
-the 81-sequence toy the 2-step chains are within 0.06 nats of exact, but on 128-byte sequences a
-factorised proposal over ~100 masked positions leaves gaps of several bits per token (measured
-with a 400-step default MDM and its AR twin: EDLM-coAR 2.65 bits/token at T = 1, 4.49 at T = 2,
-10.7 at T = 8, against the MDM's own NELBO of 4.01). The MDM's chain, in contrast, tightens as T
-grows. Hence the default T = 1 (no Monte Carlo for coAR); a tight multi-step EDLM number would
-need a sequential (AR-prefix) proposal for y, at about one AR pass per masked position.
-
-Cost per step that reveals a token: one denoiser call and (n + n_z) energy passes (n when Z is
-known) per sequence.
-Units: nats per sequence here; `likelihood_report` pools them to nats and bits per token.
+and for the energy model -log p(x^S | x_t) = -log p_theta(x^S | x_t) - log Z_S(x_t) + log Z(x_t).
+`chain_nll` estimates each term: an importance-weighted bound for -log Z_S, and log Z exact (0
+for coAR: the total is a bound) or by Monte Carlo (an estimate, reported as a low and a high
+value). `likelihood_report` pools its nats per sequence into bits per token. docs/edlm.md has
+the derivation, the estimators, the cost and measured numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -58,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from mdm.energy import Energy, EnergyModel, denoiser_log_prob, log_mean_exp, snis_upper
+from mdm.energy.model import Energy, EnergyModel, denoiser_log_prob, log_mean_exp, snis_upper
 from mdm.time_grids import time_grid
 from mdm.process import Denoiser
 from mdm.categorical import sample_categorical
@@ -88,9 +57,148 @@ class BoundSettings:
             raise ValueError(f"window={self.window} must lie in [0, 1]")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Chain:
+    """The fixed inputs of one `chain_nll` call, read by every step (closed over, not traced).
+
+    energy is None when the energy is never used (none given, or window 0). Position l of row b
+    is masked at t_k iff u_BxL[b, l] < ratio_K[k] = m(t_k) / m(t_0) and it is not observed.
+    """
+
+    denoiser: Denoiser
+    energy: Energy | None
+    log_z: LogNormaliser | None
+    settings: BoundSettings
+    mask: int
+    keys_B: Array  # one key per row
+    x0_BxL: Array  # int32[B, L]
+    observed_BxL: Array  # bool[B, L]
+    u_BxL: Array  # float32[B, L]
+    times_K: Array  # float32[T + 1]
+    ratio_K: Array  # float32[T + 1]
+
+    def masked_at(self, k) -> Array:
+        """bool[B, L]: the positions masked at t_k."""
+        return (self.u_BxL < self.ratio_K[k]) & ~self.observed_BxL
+
+    def log_probs(self, x_BxL: Array, k) -> Array:
+        """float32[B, L, V]: log mu, the denoiser's log-probabilities at x_BxL and time t_k."""
+        t_B = jnp.full((x_BxL.shape[0],), self.times_K[k])
+        return jax.nn.log_softmax(self.denoiser(x_BxL, t_B).astype(jnp.float32), axis=-1)
+
+
 def _draws(key: Array, logits_LxV: Array, n: int) -> Array:
     """int32[n, L] exact categorical draws from one row's logits."""
     return sample_categorical(key, jnp.broadcast_to(logits_LxV, (n, *logits_LxV.shape)))
+
+
+def _row_draws(keys_B: Array, logp_BxLxV: Array, n: int) -> Array:
+    """int32[n, B, L]: n exact draws per row b from logp_BxLxV[b], with the key keys_B[b]."""
+    return jnp.swapaxes(jax.vmap(_draws, in_axes=(0, 0, None))(keys_B, logp_BxLxV, n), 0, 1)
+
+
+def _picked(logp_BxLxV: Array, tokens: Array) -> Array:
+    """float32[..., B, L]: logp_BxLxV[b, l, tokens[..., b, l]] for tokens int[..., B, L] (ids clipped)."""
+    safe = jnp.clip(tokens, 0, logp_BxLxV.shape[-1] - 1)
+    full = jnp.broadcast_to(logp_BxLxV, tokens.shape + logp_BxLxV.shape[-1:])
+    return jnp.take_along_axis(full, safe[..., None], -1)[..., 0]
+
+
+def _step_keys(keys_B: Array, k) -> tuple[Array, Array, Array]:
+    """(inner, log Z, coin) keys[B] of step k: fold_in(fold_in(keys_B[b], 1 + k), 0, 1 or 2)."""
+    step_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1 + k))(keys_B)
+    return tuple(jax.vmap(lambda key, i=i: jax.random.fold_in(key, i))(step_keys) for i in range(3))
+
+
+def _mixture_draws(
+    k_in_B: Array, k_coin_B: Array, logp_now_BxLxV: Array, logp_next_BxLxV: Array, still_masked_BxL: Array, x0_BxL: Array, n: int
+) -> tuple[Array, Array]:
+    """(y int32[n, B, L], log mu_now(y) - log r(y) float32[n, B]): n draws on R from the even mixture
+    r = (mu_now + mu_next) / 2 of two factorised proposals; y = x0 off R (R: still_masked_BxL).
+
+    Sample j of row b comes from component (j + c_b) mod 2, c_b a fair coin per row, so each
+    sample's law is r. r is within a factor 2 of mu_now (right for a small E) and of mu_next
+    (the denoiser that has seen x^S, close to the corrected conditional for a good E).
+    """
+    coin_B = jax.vmap(lambda key: jax.random.bernoulli(key))(k_coin_B).astype(jnp.int32)
+    from_next = (jnp.arange(n)[:, None] + coin_B[None]) % 2 == 1  # [n, B]
+    y_now, y_next = _row_draws(k_in_B, logp_now_BxLxV, n), _row_draws(k_in_B, logp_next_BxLxV, n)
+    on_r = still_masked_BxL[None]
+    y = jnp.where(on_r, jnp.where(from_next[..., None], y_next, y_now), x0_BxL[None])
+    log_now = jnp.where(on_r, _picked(logp_now_BxLxV, y), 0.0).sum(-1)
+    log_next = jnp.where(on_r, _picked(logp_next_BxLxV, y), 0.0).sum(-1)
+    return y, log_now - (jnp.logaddexp(log_now, log_next) - jnp.log(2.0))
+
+
+def _neg_energies(energy: Energy, x0_RxBxL: Array, xt_BxL: Array, logp_BxLxV: Array, mask: int) -> Array:
+    """float32[R, B]: -E(x0_RxBxL[r, b], xt_BxL[b]), all R x B candidates in one energy call."""
+    reps, batch, length = x0_RxBxL.shape
+    x0_rows = x0_RxBxL.reshape(-1, length)
+    xt_rows = jnp.broadcast_to(xt_BxL, (reps, batch, length)).reshape(-1, length)
+    logp_rows = jnp.broadcast_to(logp_BxLxV, (reps, *logp_BxLxV.shape)).reshape(-1, length, logp_BxLxV.shape[-1])
+    a = -energy(x0_rows, xt_rows, denoiser_log_prob(logp_rows, x0_rows, xt_rows, mask)).astype(jnp.float32)
+    return a.reshape(reps, batch)
+
+
+def _energy_terms(
+    chain: _Chain, k, logp_now_BxLxV: Array, logp_next_BxLxV: Array, xt_BxL: Array, still_masked_BxL: Array
+) -> tuple[Array, Array, Array]:
+    """(-log Z_S estimate, log Z low, log Z high), float32[B] each, at step k.
+
+    -log Z_S: -log mean_j w_j, w_j = mu_now(y_j) e^{-E(x^S, y_j)} / r(y_j) over `inner_samples`
+    mixture draws (`_mixture_draws`). log Z: chain.log_z when given, else log mean e^{-E} (low)
+    and the self-normalised value (high) over `log_z_samples` draws from mu_now.
+    """
+    n, xt, mask = chain.settings.inner_samples, xt_BxL, chain.mask
+    k_in, k_z, k_coin = _step_keys(chain.keys_B, k)
+    y, log_ratio = _mixture_draws(k_in, k_coin, logp_now_BxLxV, logp_next_BxLxV, still_masked_BxL, chain.x0_BxL, n)
+    rows = [y]
+    if chain.log_z is None:
+        proposals = _row_draws(k_z, logp_now_BxLxV, chain.settings.log_z_samples)
+        rows.append(jnp.where(xt[None] == mask, proposals, xt[None]))
+    a = _neg_energies(chain.energy, jnp.concatenate(rows), xt, logp_now_BxLxV, mask)
+    neg_log_zs = -log_mean_exp(a[:n] + log_ratio)
+    if chain.log_z is not None:
+        low = high = chain.log_z(xt).astype(jnp.float32)
+    else:
+        low, high = log_mean_exp(a[n:]), snis_upper(a[n:])
+    return neg_log_zs, low, high
+
+
+def _step_terms(chain: _Chain, k, logp_now_BxLxV: Array) -> tuple[Array, Array, Array, Array]:
+    """(mdm, edlm low, edlm high) terms float32[B] of step k, and log mu at x_{t_{k+1}} float32[B, L, V].
+
+    The MDM's term is -log p_theta(x^S | x_{t_k}); in the window the energy adds -log Z_S + log Z.
+    A row that reveals nothing at step k gets 0. The denoiser call at x_{t_{k+1}} is both the
+    next step's input and this step's second proposal (one call per revealing step).
+    """
+    masked_now, masked_next = chain.masked_at(k), chain.masked_at(k + 1)
+    revealed = masked_now & ~masked_next
+    term = -jnp.where(revealed, _picked(logp_now_BxLxV, chain.x0_BxL), 0.0).sum(-1)
+    x_next = jnp.where(masked_next, chain.mask, chain.x0_BxL)
+    last = k + 1 >= chain.settings.steps
+    logp_next = jax.lax.cond(last, lambda: logp_now_BxLxV, lambda: chain.log_probs(x_next, k + 1))
+    if chain.energy is None:
+        return term, term, term, logp_next
+    zeros = jnp.zeros_like(term)
+    xt = jnp.where(masked_now, chain.mask, chain.x0_BxL)
+    in_window = chain.times_K[k] >= 1.0 - chain.settings.window - 1e-6
+    terms = jax.lax.cond(
+        in_window, lambda: _energy_terms(chain, k, logp_now_BxLxV, logp_next, xt, masked_next), lambda: (zeros,) * 3
+    )
+    neg_log_zs, low, high = (jnp.where(revealed.any(-1), v, zeros) for v in terms)
+    return term, term + neg_log_zs + low, term + neg_log_zs + high, logp_next
+
+
+def _scan_step(chain: _Chain, carry: tuple[Array, ...], k) -> tuple[tuple[Array, ...], None]:
+    """One step of the chain: carry = (mdm, edlm low, edlm high) sums float32[B] and log mu at x_{t_k}."""
+    mdm, e_low, e_high, logp_now = carry
+    zeros = jnp.zeros_like(mdm)
+    any_revealed = (chain.masked_at(k) & ~chain.masked_at(k + 1)).any()
+    t_mdm, t_low, t_high, logp_next = jax.lax.cond(
+        any_revealed, lambda: _step_terms(chain, k, logp_now), lambda: (zeros, zeros, zeros, logp_now)
+    )
+    return (mdm + t_mdm, e_low + t_low, e_high + t_high, logp_next), None
 
 
 def chain_nll(
@@ -116,91 +224,25 @@ def chain_nll(
     """
     settings.validate()
     batch, length = x0_BxL.shape
-    n, n_z, exact_z = settings.inner_samples, settings.log_z_samples, log_z is not None
-    use_energy = energy is not None and settings.window > 0
     times = time_grid(settings.steps, settings.grid)
-    ratio = schedule.mask_prob(times) / schedule.mask_prob(times[0])  # masked at t_k iff u < ratio[k]
     observed = jnp.zeros_like(x0_BxL, bool) if observed_BxL is None else observed_BxL
-    u_BxL = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), (length,)))(keys_B)
+    chain = _Chain(
+        denoiser=denoiser,
+        energy=energy if settings.window > 0 else None,
+        log_z=log_z,
+        settings=settings,
+        mask=mask,
+        keys_B=keys_B,
+        x0_BxL=x0_BxL,
+        observed_BxL=observed,
+        u_BxL=jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), (length,)))(keys_B),
+        times_K=times,
+        ratio_K=schedule.mask_prob(times) / schedule.mask_prob(times[0]),
+    )
     zeros = jnp.zeros((batch,), jnp.float32)
-
-    def masked_at(k):
-        return (u_BxL < ratio[k]) & ~observed
-
-    def call(x, k):
-        return jax.nn.log_softmax(denoiser(x, jnp.full((batch,), times[k])).astype(jnp.float32), axis=-1)
-
-    def picked(logp_BxLxV, tokens):
-        """float32[..., B, L] log-probabilities at `tokens` int[..., B, L]."""
-        safe = jnp.clip(tokens, 0, logp_BxLxV.shape[-1] - 1)
-        return jnp.take_along_axis(jnp.broadcast_to(logp_BxLxV, tokens.shape + logp_BxLxV.shape[-1:]), safe[..., None], -1)[
-            ..., 0
-        ]
-
-    def energy_terms(k, logp_now, logp_next, xt, still_masked, any_s):
-        """(-log Z_S estimate, log Z low, log Z high), float32[B] each.
-
-        Z_S = E_{y ~ mu_t}[e^{-E(x^S, y)}] over R is estimated by importance sampling from the
-        even mixture r = (mu_t + mu_next) / 2 of the two factorised proposals (sample j uses
-        component (j + c) mod 2, c a fair coin per row, so each sample's law is r): weights
-        w_j = mu_t(y_j) e^{-E} / r(y_j). r is within a factor 2 of mu_t (right for small E) and of
-        mu_next (the denoiser that has seen x^S, close to the corrected conditional for a good E).
-        """
-        step_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1 + k))(keys_B)
-        k_in = jax.vmap(lambda key: jax.random.fold_in(key, 0))(step_keys)
-        k_z = jax.vmap(lambda key: jax.random.fold_in(key, 1))(step_keys)
-        k_c = jax.vmap(lambda key: jax.random.fold_in(key, 2))(step_keys)
-        coin_B = jax.vmap(lambda key: jax.random.bernoulli(key))(k_c).astype(jnp.int32)
-        from_next = (jnp.arange(n)[:, None] + coin_B[None]) % 2 == 1  # [n, B]
-        y_now = jnp.swapaxes(jax.vmap(_draws, in_axes=(0, 0, None))(k_in, logp_now, n), 0, 1)  # [n, B, L]
-        y_next = jnp.swapaxes(jax.vmap(_draws, in_axes=(0, 0, None))(k_in, logp_next, n), 0, 1)
-        inner = jnp.where(still_masked[None], jnp.where(from_next[..., None], y_next, y_now), x0_BxL[None])
-        log_now = jnp.where(still_masked[None], picked(logp_now, inner), 0.0).sum(-1)  # [n, B]
-        log_next = jnp.where(still_masked[None], picked(logp_next, inner), 0.0).sum(-1)
-        log_ratio = log_now - (jnp.logaddexp(log_now, log_next) - jnp.log(2.0))
-        rows = [inner]
-        if not exact_z:
-            prop = jnp.swapaxes(jax.vmap(_draws, in_axes=(0, 0, None))(k_z, logp_now, n_z), 0, 1)
-            rows.append(jnp.where(xt[None] == mask, prop, xt[None]))
-        x0_rows = jnp.concatenate(rows).reshape(-1, length)
-        reps = x0_rows.shape[0] // batch
-        xt_rows = jnp.broadcast_to(xt, (reps, batch, length)).reshape(-1, length)
-        logp_rows = jnp.broadcast_to(logp_now, (reps, *logp_now.shape)).reshape(-1, length, logp_now.shape[-1])
-        a = -energy(x0_rows, xt_rows, denoiser_log_prob(logp_rows, x0_rows, xt_rows, mask)).astype(jnp.float32)
-        a = a.reshape(reps, batch)
-        neg_log_zs = -log_mean_exp(a[:n] + log_ratio)
-        if exact_z:
-            low = high = log_z(xt).astype(jnp.float32)
-        else:
-            low, high = log_mean_exp(a[n:]), snis_upper(a[n:])
-        return tuple(jnp.where(any_s, v, zeros) for v in (neg_log_zs, low, high))
-
-    def step(carry, k):
-        mdm, e_low, e_high, logp_now = carry  # logp_now: log mu at x_{t_k}
-        masked_now, masked_next = masked_at(k), masked_at(k + 1)
-        revealed = masked_now & ~masked_next
-        any_s = revealed.any(-1)
-        xt = jnp.where(masked_now, mask, x0_BxL)
-
-        def work():
-            term = -jnp.where(revealed, picked(logp_now, x0_BxL), 0.0).sum(-1)
-            # The denoiser at x_{t_{k+1}}: the next step's input and this step's inner proposal.
-            x_next = jnp.where(masked_next, mask, x0_BxL)
-            logp_next = jax.lax.cond(k + 1 < settings.steps, lambda: call(x_next, k + 1), lambda: logp_now)
-            if not use_energy:
-                return term, term, term, logp_next
-            in_window = times[k] >= 1.0 - settings.window - 1e-6
-            neg_log_zs, low, high = jax.lax.cond(
-                in_window, lambda: energy_terms(k, logp_now, logp_next, xt, masked_next, any_s), lambda: (zeros,) * 3
-            )
-            # In the window: -log p_theta(x^S) - log Z_S + log Z; outside: the MDM's term.
-            return term, term + neg_log_zs + low, term + neg_log_zs + high, logp_next
-
-        t_mdm, t_low, t_high, logp_next = jax.lax.cond(any_s.any(), work, lambda: (zeros, zeros, zeros, logp_now))
-        return (mdm + t_mdm, e_low + t_low, e_high + t_high, logp_next), None
-
-    logp0 = call(jnp.where(masked_at(0), mask, x0_BxL), 0)
-    (mdm, e_low, e_high, _), _ = jax.lax.scan(step, (zeros, zeros, zeros, logp0), jnp.arange(settings.steps))
+    logp0 = chain.log_probs(jnp.where(chain.masked_at(0), mask, x0_BxL), 0)
+    carry = (zeros, zeros, zeros, logp0)
+    (mdm, e_low, e_high, _), _ = jax.lax.scan(functools.partial(_scan_step, chain), carry, jnp.arange(settings.steps))
     return {"mdm": mdm, "edlm": e_low, "edlm_upper": e_high, "tokens": (~observed).sum(-1).astype(jnp.float32)}
 
 

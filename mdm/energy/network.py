@@ -5,20 +5,14 @@
     e     = mean over positions of Linear_{D -> D}(h)           zero-initialised
     E     = w_2 . silu(W_1 e + b_1)                             one scalar per sequence
 
-Parameter names match `Transformer`'s ('embedding', 'block_i', 'final_norm'), so
-`copy_backbone` can start the network from an MDM checkpoint. The combiner starts as the mean
-of the two embeddings, which is the MDM's own input wherever x_0 = x_t. The projection before
-pooling and the hidden bias start at zero, and silu(0) = 0, so a fresh network has E = 0 for
-every candidate: importance sampling with it reproduces the plain MDM, and E = 0 is also the
-best constant for the NCE loss (for every number of negatives), so training starts without a
-large offset gradient (which would inflate Adam's second moments and stall the small
-correlation signal; measured on the toy of tests/test_edlm_energy.py). silu, unlike the
-official code's relu, lets gradients through at 0 (silu'(0) = 1/2), so the zero layer gets a
-gradient at step 0.
-
-The energy is time-agnostic (the official code zeroes sigma). Its signature puts t second,
-`(x_t, t=None, x_0=None, attention_mask=None)`, so the library's `model.init(rng, tokens, t)`
-works unchanged; with x_0 = None the candidate is x_t itself. Shapes: B batch, L length, D width.
+Parameter names match `Transformer`'s ('embedding', 'block_i', 'final_norm'), so `copy_backbone`
+can start the network from an MDM checkpoint. The combiner starts as the mean of the two
+embeddings (the MDM's own input wherever x_0 = x_t); the projection before pooling and the
+hidden bias start at zero and silu(0) = 0, so a fresh network has E = 0 for every candidate
+(docs/edlm.md says why). The energy is time-agnostic; the signature
+`(x_t, t=None, x_0=None, attention_mask=None)` keeps `model.init(rng, tokens, t)` working, and
+x_0 = None scores x_t itself. Logical axes: 'pair' (the two inputs), 'energy' (hidden width).
+Shapes: B batch, L length, D width.
 """
 
 from __future__ import annotations
@@ -28,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from mdm.energy import EnergyModel
+from mdm.energy.model import EnergyModel
 from mdm.networks.transformer import REMAT_POLICIES, Block, Linear, RMSNorm, TransformerConfig, key_lengths
 
 
@@ -70,7 +64,7 @@ class EnergyNetwork(nn.Module):
         batch, length = tokens_BxL.shape
         x_BxLxD = (pair_BxLx2xD.reshape(-1, 2 * cfg.d_model).astype(dt) @ kernel.reshape(2 * cfg.d_model, -1).astype(dt)).reshape(
             batch, length, cfg.d_model
-        ) + bias.astype(dt)
+        ) + bias.astype(dt)[None, None]
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed_act"))
 
         policy = REMAT_POLICIES[cfg.remat]
@@ -92,7 +86,7 @@ class EnergyNetwork(nn.Module):
         w1 = self.param("readout_kernel", _param(nn.initializers.normal(width**-0.5), ("embed", "energy")), (width, width))
         b1 = self.param("readout_bias", _param(nn.initializers.zeros, ("energy",)), (width,))
         w2 = self.param("readout_out", _param(nn.initializers.normal(width**-0.5), ("energy",)), (width,))
-        hidden_BxD = jax.nn.silu(pooled_BxD @ w1 + b1)
+        hidden_BxD = jax.nn.silu(pooled_BxD @ w1 + b1[None])
         return (hidden_BxD @ w2).astype(jnp.float32)
 
 

@@ -76,7 +76,7 @@ class RMSNorm(nn.Module):
         scale = self.param("scale", _param(nn.initializers.ones, ("norm",)), (x_BxLxD.shape[-1],))
         x = x_BxLxD.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
-        return (x * scale).astype(self.dtype)
+        return (x * scale[None, None, :]).astype(self.dtype)
 
 
 class Linear(nn.Module):

@@ -1,46 +1,63 @@
-"""Training objectives: pure `loss(params, batch, rng)` functions the one loop calls."""
+"""Training objectives: pure `loss(params, batch, rng)` functions the one loop calls.
+
+`REGISTRY` is the one table of objectives: each name maps to the function that builds it from a
+config and whether its backbone is causal.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 from mdm.errors import ConfigError
 from mdm.networks import Transformer
-from mdm.objectives import mcd, nce
+from mdm.objectives import ar, mcd, mdm, nce
 from mdm.objectives.ar import AutoregressiveObjective
-from mdm.objectives.base import EVAL_SUM_KEYS, Objective, shared_fields
+from mdm.objectives.base import EVAL_SUM_KEYS, Objective
 from mdm.objectives.mdm import MaskedDiffusionObjective
-from mdm.schedules import make_schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveKind:
+    """How to build one objective: `build(config, model, pad_id, token_bytes)`, whether the
+    backbone it trains is causal and whether it needs a trained run to start from."""
+
+    build: Callable[..., Objective]
+    causal: bool = False
+    needs_init: bool = False  # starts from a trained MDM named by init.workdir
+
 
 # The masked-diffusion ELBO, its AR twin, masked consistency distillation of a trained MDM
 # (config section mcd.*), and the EDLM energy head trained by NCE against a frozen MDM (nce.*).
-OBJECTIVES = ("mdm", "ar", "mcd", "edlm_nce")
+REGISTRY: dict[str, ObjectiveKind] = {
+    "mdm": ObjectiveKind(mdm.from_config),
+    "ar": ObjectiveKind(ar.from_config, causal=True),
+    "mcd": ObjectiveKind(mcd.from_config, needs_init=True),
+    nce.NAME: ObjectiveKind(nce.from_config, needs_init=True),
+}
+OBJECTIVES = tuple(REGISTRY)
+
+
+def objective_kind(name: str) -> ObjectiveKind:
+    """The registry entry of `name`, or a one-line ConfigError listing the choices."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return REGISTRY[name]
 
 
 def make_objective(config, model: Transformer, pad_id: int, token_bytes) -> Objective:
     """Builds the objective named by `config.objective` for `model`."""
-    common = dict(model=model, **shared_fields(config, pad_id, token_bytes))
-    if config.objective == "mdm":
-        d = config.diffusion
-        return MaskedDiffusionObjective(
-            schedule=make_schedule(d.schedule, d.eps, d.power),
-            t_min=d.t_min,
-            eval_t_samples=d.eval_t_samples,
-            eval_estimator=d.eval_estimator,
-            **common,
-        )
-    if config.objective == "ar":
-        return AutoregressiveObjective(**common)
-    if config.objective == "mcd":
-        return mcd.from_config(config, model, pad_id, token_bytes)
-    if config.objective == "edlm_nce":
-        return nce.from_config(config, model, pad_id, token_bytes)
-    raise ConfigError(f"unknown objective {config.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    return objective_kind(config.objective).build(config, model, pad_id, token_bytes)
 
 
 __all__ = [
     "OBJECTIVES",
+    "REGISTRY",
     "EVAL_SUM_KEYS",
     "AutoregressiveObjective",
     "MaskedDiffusionObjective",
     "Objective",
+    "ObjectiveKind",
     "make_objective",
+    "objective_kind",
 ]

@@ -7,27 +7,51 @@ the L tokens is scored (the MDM's NELBO also covers all L); nats/token is compar
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
+import numpy as np
 import jax.numpy as jnp
 from jax import Array
 
-from mdm import process
-from mdm.objectives.base import Objective, per_example_sums
+from mdm.errors import ConfigError
+from mdm.objectives.base import Objective, per_example_sums, shared_fields
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AutoregressiveObjective(Objective):
     """Exact log-likelihood of a causal transformer."""
 
+    decoding: ClassVar[str] = "autoregressive"
+
     @property
     def likelihood(self) -> str:
         return "exact -log p(x)"
 
+    def shift_right(self, tokens_BxL: Array) -> Array:
+        """The network's input: the mask id as a start symbol, then tokens[:, :-1]."""
+        start = jnp.full_like(tokens_BxL[:, :1], self.mask_id)
+        return jnp.concatenate([start, tokens_BxL[:, :-1]], axis=1)
+
     def nll_per_example(self, params, tokens_BxL: Array) -> Array:
         """float32[B]: -log p(x) summed over the non-padding positions."""
-        start = jnp.full_like(tokens_BxL[:, :1], process.mask_id(self.vocab_size))
-        inputs = jnp.concatenate([start, tokens_BxL[:, :-1]], axis=1)
+        inputs = self.shift_right(tokens_BxL)
         return self.token_nll(params, inputs, tokens_BxL, needed_BxL=self.real_tokens(tokens_BxL)).sum(-1)
+
+    def denoiser(self, params):
+        """(tokens int[B, L], t) -> logits float[B, L, V] where position i is p(x_i | tokens[:i])
+        (t is ignored): the next-token model seen through the sampler seam."""
+        return lambda tokens, t: self.model.apply({"params": params}, self.shift_right(tokens))
+
+    def sampling_settings(self, settings, canvas_L):
+        """Any sampler request decodes left to right; EDLM and infilling need an MDM."""
+        if settings.sampler == "edlm":
+            raise ConfigError(
+                "--sampler edlm corrects an MDM denoiser; pass an MDM run as --workdir (the AR run goes to --energy_workdir)"
+            )
+        masked = np.asarray(canvas_L) == self.mask_id
+        if masked.any() and not masked[int(np.argmax(masked)) :].all():
+            raise ConfigError("an AR model can only continue a prompt; --infill needs an MDM checkpoint")
+        return dataclasses.replace(settings, sampler="autoregressive")
 
     def loss(self, params, batch, rng, frozen=None):
         del rng  # deterministic objective
@@ -43,3 +67,8 @@ class AutoregressiveObjective(Objective):
             self.real_tokens(tokens).sum(-1),
             self.bytes_per_example(tokens),
         )
+
+
+def from_config(config, model, pad_id: int, token_bytes) -> AutoregressiveObjective:
+    """The next-token NLL for the causal `model`."""
+    return AutoregressiveObjective(model=model, **shared_fields(config, pad_id, token_bytes))

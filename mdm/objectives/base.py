@@ -14,6 +14,10 @@ it is sharded, checkpointed and restored with everything else. Two hooks manage 
   freshly initialised params and, when the run names `init.workdir`, that run's params.
 - `update_frozen(step, params, frozen) -> frozen`: called (jitted) after every update with the
   new step count, e.g. to copy the student into the teacher at a round boundary.
+
+Sampling reads the objective too, never the config: `decoding` names how its model generates,
+`denoiser(params)` is what samplers call, `sampler_schedule` the masking path they walk, and
+`sampling_settings` checks (and resolves) a sampler request for this model.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
+from mdm import process
 from mdm.networks import Transformer
 from mdm.objectives.chunked_loss import chunked_token_nll
+from mdm.process import Denoiser
+from mdm.schedules import Schedule
 
 Params = Any
 Metrics = dict[str, Array]
@@ -64,8 +71,9 @@ def shared_fields(config, pad_id: int, token_bytes) -> dict[str, Any]:
 class Objective(abc.ABC):
     """A model, its special ids and the per-token byte lengths used for bits/byte."""
 
-    # Whether `model` is a denoiser/LM that samples text (an energy head is not).
-    generates_text: ClassVar[bool] = True
+    # How the model generates text: 'diffusion' (the masked-diffusion samplers), 'autoregressive'
+    # (left to right) or '' (it does not: an energy head).
+    decoding: ClassVar[str] = "diffusion"
 
     model: Transformer
     pad_id: int
@@ -76,6 +84,37 @@ class Objective(abc.ABC):
     @property
     def vocab_size(self) -> int:
         return self.model.cfg.vocab_size
+
+    @property
+    def mask_id(self) -> int:
+        return process.mask_id(self.vocab_size)
+
+    def denoiser(self, params: Params) -> Denoiser:
+        """(tokens int[B, L], t float[B]) -> logits float[B, L, V] of the model with `params`;
+        t reaches the network only if it is time-conditioned."""
+        time_cond = self.model.cfg.time_conditioning
+        return lambda tokens, t: self.model.apply({"params": params}, tokens, t if time_cond else None)
+
+    @property
+    def sampler_schedule(self) -> Schedule | None:
+        """The masking schedule the samplers walk (None: the model is not a masked diffusion)."""
+        return None
+
+    def sampling_settings(self, settings: Any, canvas_L: Any) -> Any:
+        """The sampler settings (a `SamplerSettings`) this model samples `canvas_L` with, or a
+        one-line ConfigError when it cannot sample that way."""
+        del canvas_L
+        return settings
+
+    @property
+    def preferred_sampler(self) -> dict | None:
+        """SamplerSettings fields the model was made to sample with (a distilled student), or None."""
+        return None
+
+    def check_source(self, config: Any, source_config: Any) -> None:
+        """Raises a one-line ConfigError when the run `init.workdir` (its saved config) cannot
+        start the run of `config`."""
+        del config, source_config
 
     def real_tokens(self, tokens_BxL: Array) -> Array:
         """bool[B, L]: positions that are data, not padding."""

@@ -50,7 +50,7 @@ import ml_collections
 from jax import Array
 from jax.sharding import PartitionSpec
 
-from mdm import duality, process
+from mdm import duality, process, runs
 from mdm.errors import ConfigError
 from mdm.objectives.base import shared_fields
 from mdm.objectives.chunked_loss import chunked_token_values, head_logits, nll_from_logits, resolve_chunk
@@ -168,6 +168,23 @@ class ConsistencyDistillationObjective(MaskedDiffusionObjective):
             raise ConfigError(f"mcd.teacher_ema_decay={self.teacher_ema_decay} must lie in [0, 1)")
         if self.stochastic_steps < 2:
             raise ConfigError(f"mcd.stochastic_steps={self.stochastic_steps} must be >= 2 (SDTT uses 2)")
+
+    # -- sampling and starting points ----------------------------------------------------------
+
+    def sampling_settings(self, settings, canvas_L):
+        """A student samples on the time grid it was distilled for (the ancestral and edlm samplers use one)."""
+        settings = super().sampling_settings(settings, canvas_L)
+        if settings.sampler in ("ancestral", "edlm") and settings.grid != self.grid:
+            raise ConfigError(f"this student was distilled for the {self.grid!r} time grid; sample with --grid {self.grid}")
+        return settings
+
+    @property
+    def preferred_sampler(self) -> dict:
+        """The sampler the student was made for: ancestral, teacher_steps / 2^rounds steps on its grid."""
+        return {"sampler": "ancestral", "steps": max(self.student_steps, 1), "grid": self.grid}
+
+    def check_source(self, config, source_config) -> None:
+        check_teacher_config(config, source_config)
 
     # -- schedule of rounds --------------------------------------------------------------------
 
@@ -362,69 +379,28 @@ def check_same_shapes(fresh, pretrained) -> None:
         )
 
 
-# Keys the teacher run and the distillation run must share: shapes, tokenizer and the masking
-# schedule the teacher was trained for (compute-only keys like dtype or remat may differ).
-_TEACHER_KEYS = (
-    "model.num_layers",
-    "model.d_model",
-    "model.num_heads",
-    "model.mlp_dim",
-    "model.tie_embeddings",
-    "model.time_conditioning",
-    "model.rope_base",
-    "data.tokenizer",
-    "diffusion.schedule",
-    "diffusion.eps",
-    "diffusion.power",
-)
-
-
-def _get(config, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def check_teacher_config(config, teacher_config) -> None:
     """Raises a one-line ConfigError if the run in init.workdir cannot be this run's teacher.
 
     The teacher must be a masked diffusion model ('mdm', or an earlier 'mcd' student made for the
-    same grid) with the same shapes, tokenizer and schedule.
+    same grid) with the same shapes, positions, tokenizer and masking schedule (compute-only keys
+    such as dtype or remat may differ).
     """
     where = config.init.workdir
     if teacher_config.objective not in ("mdm", "mcd"):
         raise ConfigError(f"the run in {where} is a {teacher_config.objective!r} model; mcd needs a masked diffusion teacher")
-    for key in _TEACHER_KEYS:
-        mine, theirs = _get(config, key), _get(teacher_config, key)
-        if key == "diffusion.power" and config.diffusion.schedule != "polynomial":
-            continue
-        if mine != theirs:
-            raise ConfigError(
-                f"the teacher in {where} has {key}={theirs!r} but this run sets {mine!r}; use --config.{key}={theirs!r}"
-            )
+    runs.check_compatible(
+        config,
+        teacher_config,
+        ("shapes", "positions", "tokenizer", "schedule"),
+        lambda key, mine, theirs: (
+            f"the teacher in {where} has {key}={theirs!r} but this run sets {mine!r}; use --config.{key}={theirs!r}"
+        ),
+        ConfigError,
+    )
     if teacher_config.objective == "mcd" and teacher_config.mcd.grid != config.mcd.grid:
         grid = teacher_config.mcd.grid
         raise ConfigError(f"the teacher in {where} was distilled for the {grid!r} time grid; use --config.mcd.grid={grid}")
-
-
-def check_student_sampler(config, sampler: str, grid: str, schedule: str | None = None) -> None:
-    """Raises a one-line ConfigError when a distilled student is sampled off the grid/schedule it was made for.
-
-    Only applies to runs with objective 'mcd'; `schedule` is a schedule name the sampler would use
-    instead of the run's own (None: the run's).
-    """
-    if config.objective != "mcd":
-        return
-    if schedule is not None and schedule != config.diffusion.schedule:
-        raise ConfigError(
-            f"this student was distilled for the {config.diffusion.schedule!r} schedule, not {schedule!r}; "
-            f"sample it with its own schedule (drop the override)"
-        )
-    if sampler == "ancestral" and grid != config.mcd.grid:
-        raise ConfigError(
-            f"this student was distilled for the {config.mcd.grid!r} time grid; sample with --grid {config.mcd.grid}"
-        )
 
 
 def from_config(config, model, pad_id: int, token_bytes) -> ConsistencyDistillationObjective:

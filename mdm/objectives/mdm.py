@@ -41,8 +41,8 @@ from jax import Array
 
 from mdm import process
 from mdm.errors import ConfigError
-from mdm.objectives.base import Objective, per_example_sums
-from mdm.schedules import Schedule
+from mdm.objectives.base import Objective, per_example_sums, shared_fields
+from mdm.schedules import Schedule, make_schedule
 
 EVAL_ESTIMATORS = ("continuous", "count")
 
@@ -57,8 +57,15 @@ class MaskedDiffusionObjective(Objective):
     eval_estimator: str = "continuous"  # 'continuous' (time integral) or 'count' (masked-count form)
 
     @property
-    def mask_id(self) -> int:
-        return process.mask_id(self.vocab_size)
+    def sampler_schedule(self) -> Schedule:
+        return self.schedule
+
+    def sampling_settings(self, settings, canvas_L):
+        if settings.sampler == "autoregressive":
+            raise ConfigError(
+                "a masked diffusion model has no left-to-right decoder; choose --sampler fhs, ancestral, confidence or edlm"
+            )
+        return settings
 
     @property
     def likelihood(self) -> str:
@@ -102,7 +109,7 @@ class MaskedDiffusionObjective(Objective):
         m_B = sched.mask_prob(t_B)
         drawn_BxL = (uniforms_BxL < m_B[:, None]) & real_BxL
         first_B = jnp.argmin(jnp.where(real_BxL, uniforms_BxL, 2.0), -1)
-        forced_BxL = (jnp.arange(tokens_BxL.shape[1]) == first_B[:, None]) & real_BxL & ~drawn_BxL.any(-1, keepdims=True)
+        forced_BxL = (jnp.arange(tokens_BxL.shape[1])[None, :] == first_B[:, None]) & real_BxL & ~drawn_BxL.any(-1, keepdims=True)
         masked_BxL = drawn_BxL | forced_BxL
         x_t = jnp.where(masked_BxL, self.mask_id, tokens_BxL)
         nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, self.attention_mask(tokens_BxL), needed_BxL=masked_BxL).sum(-1)
@@ -152,3 +159,16 @@ class MaskedDiffusionObjective(Objective):
 
         total_B, _ = jax.lax.scan(one_sample, jnp.zeros((batch_size,)), jnp.arange(num_k))
         return per_example_sums(total_B / num_k, self.real_tokens(tokens).sum(-1), self.bytes_per_example(tokens))
+
+
+def from_config(config, model, pad_id: int, token_bytes) -> MaskedDiffusionObjective:
+    """The masked-diffusion ELBO of `config` (section diffusion) for `model`."""
+    d = config.diffusion
+    return MaskedDiffusionObjective(
+        model=model,
+        **shared_fields(config, pad_id, token_bytes),
+        schedule=make_schedule(d.schedule, d.eps, d.power),
+        t_min=d.t_min,
+        eval_t_samples=d.eval_t_samples,
+        eval_estimator=d.eval_estimator,
+    )

@@ -58,11 +58,11 @@ def useless_energy_loss(num_negatives: int) -> float:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NCEObjective(Objective):
-    """NCE for the EDLM energy network `model`; `denoiser` is the frozen MDM network."""
+    """NCE for the EDLM energy network `model`; `frozen_denoiser` is the frozen MDM network."""
 
-    generates_text: ClassVar[bool] = False
+    decoding: ClassVar[str] = ""
 
-    denoiser: Any  # Transformer with the MDM run's TransformerConfig (or any module with .apply)
+    frozen_denoiser: Any  # Transformer with the MDM run's TransformerConfig (or any module with .apply)
     schedule: Schedule
     t_min: float = 1e-5
     num_negatives: int = 1
@@ -72,12 +72,8 @@ class NCEObjective(Objective):
             raise ConfigError(f"nce.num_negatives={self.num_negatives} must be >= 1 (1 is the official setting)")
 
     @property
-    def mask_id(self) -> int:
-        return process.mask_id(self.vocab_size)
-
-    @property
     def pretrained_model(self) -> nn.Module:
-        return self.denoiser
+        return self.frozen_denoiser
 
     # --- the pieces -------------------------------------------------------------------------
 
@@ -85,13 +81,19 @@ class NCEObjective(Objective):
     def likelihood(self) -> str:
         return "NCE loss of the energy (not a likelihood)"
 
+    def sampling_settings(self, settings, canvas_L):
+        raise ConfigError(
+            "this run trains an energy head, which cannot sample by itself; sample its MDM: "
+            "python sample.py --workdir MDM_RUN --sampler edlm --energy nce --energy_workdir THIS_RUN"
+        )
+
     def denoiser_logits(self, frozen, xt_BxL: Array, t_B: Array, attention_mask_BxL: Array | None = None) -> Array:
         """float32[B, L, V] of the frozen denoiser (no gradient flows into `frozen`)."""
         if frozen is None or "denoiser" not in frozen:
             raise ConfigError("the NCE objective needs the frozen MDM: start the run with --config.init.workdir=<MDM run>")
         variables = {"params": jax.lax.stop_gradient(frozen["denoiser"])}
-        time_cond = getattr(self.denoiser.cfg, "time_conditioning", False)
-        logits = self.denoiser.apply(variables, xt_BxL, t_B if time_cond else None, attention_mask_BxL=attention_mask_BxL)
+        time_cond = getattr(self.frozen_denoiser.cfg, "time_conditioning", False)
+        logits = self.frozen_denoiser.apply(variables, xt_BxL, t_B if time_cond else None, attention_mask_BxL=attention_mask_BxL)
         return jax.lax.stop_gradient(logits.astype(jnp.float32))
 
     def negatives(self, keys_B: Array, logits_BxLxV: Array, xt_BxL: Array) -> Array:
@@ -169,9 +171,9 @@ class NCEObjective(Objective):
     def frozen_partition_specs(self, param_specs):
         """{'denoiser': the denoiser's logical PartitionSpecs}."""
         del param_specs
-        time_cond = getattr(self.denoiser.cfg, "time_conditioning", False)
+        time_cond = getattr(self.frozen_denoiser.cfg, "time_conditioning", False)
         t = jnp.ones((1,), jnp.float32) if time_cond else None
-        init = jax.jit(lambda: self.denoiser.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32), t))
+        init = jax.jit(lambda: self.frozen_denoiser.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32), t))
         return {"denoiser": nn.get_partition_spec(jax.eval_shape(init))["params"]}
 
 
@@ -184,7 +186,7 @@ def from_config(config, model: Transformer, pad_id: int, token_bytes) -> NCEObje
     cfg = dataclasses.replace(model.cfg, time_conditioning=False)
     return NCEObjective(
         model=EnergyNetwork(cfg),
-        denoiser=Transformer(model.cfg),
+        frozen_denoiser=Transformer(model.cfg),
         schedule=make_schedule(d.schedule, d.eps, d.power),
         t_min=d.t_min,
         num_negatives=config.nce.num_negatives,

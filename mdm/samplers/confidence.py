@@ -67,7 +67,8 @@ def confidence_sample(
         b = i // per_block
         left = per_block - i % per_block
         is_masked = x == mask
-        eligible = is_masked & (position >= b * block) & (position < (b + 1) * block)
+        in_block_L = (position >= b * block) & (position < (b + 1) * block)
+        eligible = is_masked & in_block_L[None, :]
         n = eligible.sum(-1)
         k = -(-n // left)
         t_B = schedule.time_of_mask_prob(is_masked.mean(-1).astype(jnp.float32))

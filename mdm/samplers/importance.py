@@ -3,7 +3,8 @@
 On the ancestral grid 1 = t_0 > ... > t_T = 0, each step t -> s makes one denoiser call and:
 - inside the window (t >= 1 - w): draws K full carry-over candidates x^(1..K) ~ p_theta(. | x_t)
   for every row from that one call, scores all K x B candidates with the energy in one batched
-  call (rows laid out [K, B], not [B, K]: pitfalls §4), and per row picks j* with probability
+  call (rows laid out [K, B]: row j*B + b is candidate j of row b, and x_t and the logits are
+  tiled the same way, so no candidate is scored against another row's x_t), and per row picks j* with probability
   softmax(-E / T)_j (minus sign: low energy = likely), x_0 = x^(j*);
 - outside the window: x_0 ~ p_theta(. | x_t), the plain MDM step;
 then takes the exact absorbing-posterior step: each masked position is revealed to x_0 with
