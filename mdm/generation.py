@@ -23,6 +23,7 @@ from mdm.errors import ConfigError
 from mdm.objectives import Objective
 from mdm.process import Denoiser
 from mdm.samplers import SampleOutput, SamplerSettings, make_sampler
+from mdm.samplers.guidance import guided_denoiser
 
 # (params, energy params or None, keys uint32[B, 2], canvas int32[B, L]) -> SampleOutput
 SampleFn = Callable[[Any, Any, jax.Array, jax.Array], SampleOutput]
@@ -79,8 +80,13 @@ def build_sampler(
     if use_energy and energy is None:
         raise ConfigError("--sampler edlm needs an energy: pass --energy ar|nce --energy_workdir DIR")
     time_agnostic = not objective.model.cfg.time_conditioning
+    if settings.cfg_scale > 0 and objective.decoding != "diffusion":
+        raise ConfigError("--cfg_scale guides a masked diffusion model; an AR model decodes without it (use --cfg_scale 0)")
 
     def sample(params, energy_params, keys_B, canvas_BxL):
+        denoiser = objective.denoiser(params)
+        if settings.cfg_scale > 0:
+            denoiser = guided_denoiser(denoiser, canvas_BxL != objective.mask_id, settings.cfg_scale, objective.mask_id)
         sampler = make_sampler(
             settings,
             mask=objective.mask_id,
@@ -88,7 +94,7 @@ def build_sampler(
             time_agnostic=time_agnostic,
             energy=energy.bind(energy_params) if use_energy else None,
         )
-        return sampler(wrap(objective.denoiser(params)), keys_B, canvas_BxL)
+        return sampler(wrap(denoiser), keys_B, canvas_BxL)
 
     return settings, sample
 

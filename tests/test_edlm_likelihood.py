@@ -52,7 +52,7 @@ def _oracle_energy():
 def _oracle_log_z(xt):
     """Exact log Z(x_t) of the oracle energy: log P_true(x_0 agrees with x_t)."""
     ok = jnp.all((jnp.asarray(SEQS)[None] == xt[:, None]) | (xt[:, None] == MASK), axis=-1)
-    return jnp.log((ok * jnp.asarray(P_TRUE, jnp.float32)).sum(-1))
+    return jnp.log((ok * jnp.asarray(P_TRUE, jnp.float32)[None, :]).sum(-1))
 
 
 def _random_ar():
@@ -64,7 +64,7 @@ def _random_ar():
 
 
 def _seq_index(x):
-    return (x * (V ** jnp.arange(L - 1, -1, -1))).sum(-1)
+    return (x * (V ** jnp.arange(L - 1, -1, -1)).reshape((1,) * (jnp.ndim(x) - 1) + (L,))).sum(-1)
 
 
 def _pair_rows():
@@ -133,7 +133,7 @@ def _exact_two_step(cond: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @jax.jit
 def _chains(energy_table, log_z_table, keys, x0):
     """The library's 2-step chain (n = 4) with a tabulated energy and exact log Z."""
-    canvas_index = lambda x: (x * ((V + 1) ** jnp.arange(L - 1, -1, -1))).sum(-1)  # noqa: E731
+    canvas_index = lambda x: (x * ((V + 1) ** jnp.arange(L - 1, -1, -1)).reshape((1,) * (jnp.ndim(x) - 1) + (L,))).sum(-1)  # noqa: E731
     return chain_nll(
         lambda x_, t: ORACLE.apply(None, x_),
         lambda x0_, xt_, logp: energy_table[canvas_index(xt_), _seq_index(x0_)],

@@ -35,7 +35,7 @@ def _truth(seed=0, concentration=1.0):
 
 
 def _index(x):
-    return (x * (V ** jnp.arange(L - 1, -1, -1))).sum(-1)
+    return (x * (V ** jnp.arange(L - 1, -1, -1)).reshape((1,) * (jnp.ndim(x) - 1) + (L,))).sum(-1)
 
 
 def _oracle_energy(p_true):

@@ -1,21 +1,15 @@
 """Scaled dot-product attention with one implementation per backend, behind one function.
 
-`attend(q, k, v, kv_lengths_B, mask, implementation, chunk)` is what the backbone calls in
-training, evaluation and sampling. Implementations:
-- 'xla': `jax.nn.dot_product_attention(implementation='xla')`; materialises the f32 [B, N, L, L]
-  scores. The reference every other path is tested against.
-- 'chunked': the XLA path over `chunk` sequences at a time under `jax.checkpoint`, so each
-  chunk's scores stay in cache (faster on CPUs).
+`attend(q, k, v, kv_lengths_B, mask, implementation, chunk)` is what the backbone calls in training, evaluation and sampling:
+- 'xla': `jax.nn.dot_product_attention(implementation='xla')`, f32 [B, N, L, L] scores; the reference for every other path.
+- 'chunked': the XLA path over `chunk` sequences at a time under `jax.checkpoint` (faster on CPUs).
 - 'cudnn': cuDNN flash attention (NVIDIA GPUs; bf16/fp16, head dim a multiple of 8 up to 256).
-- 'splash': Pallas Splash attention (TPUs; sequence a multiple of 128), block-sparse: tiles the
-  mask hides are skipped.
+- 'splash': Pallas Splash attention (TPUs; sequence a multiple of 128), block-sparse: tiles the mask hides are skipped.
 'auto' (`choose`) picks cuDNN on NVIDIA GPUs, Splash on TPUs, chunked or XLA on CPUs.
-
-Padding is always a suffix of each row and is given as per-row key lengths (int32[B]), never as
-a dense mask: cuDNN gets `key_value_seq_lengths`, Splash gets segment ids. The pattern of which
-query sees which key is a `MaskSpec`: bidirectional, causal, or block-causal (query block i sees
-key blocks <= i), computable from indices so no backend needs an L x L array it can avoid.
-Shapes: B batch, L length, N heads, H head dim.
+Padding is always a suffix of each row, given as per-row key lengths (int32[B]), never a dense mask: cuDNN gets
+`key_value_seq_lengths`, Splash segment ids. Which query sees which key is a `MaskSpec`: bidirectional, causal, or
+block-causal (query block i sees key blocks <= i). Shapes: B batch, L length, N heads, H head dim.
+Why lengths and index-computed masks: docs/accelerators.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,17 @@
 """The objective seam: what the one training loop calls.
 
-An objective is a frozen dataclass with two pure methods:
+An objective is a frozen dataclass with two pure methods (batches are dicts with 'tokens': int32[B, L]):
 - `loss(params, batch, rng, frozen) -> (scalar, metrics)`: the training loss (nats/token) to minimise.
-- `eval_sums(params, batch, rng, frozen) -> dict`: per-batch sums (nats, tokens, bytes and the
-  moments for a standard error) that add up over batches and devices, so evaluation over many
-  batches is exact pooling, never a mean of per-batch ratios.
-Batches are dicts with 'tokens': int32[B, L].
-
-`frozen` is a pytree of parameters the objective reads but never trains (a distillation
-teacher, the frozen denoiser under an energy head), or None. It lives in the train state, so
-it is sharded, checkpointed and restored with everything else. Two hooks manage it:
-- `init_from(fresh, pretrained) -> (params, frozen)`: the starting params and frozen tree from
-  freshly initialised params and, when the run names `init.workdir`, that run's params.
-- `update_frozen(step, params, frozen) -> frozen`: called (jitted) after every update with the
-  new step count, e.g. to copy the student into the teacher at a round boundary.
-
-Sampling reads the objective too, never the config: `decoding` names how its model generates,
-`denoiser(params)` is what samplers call, `sampler_schedule` the masking path they walk, and
-`sampling_settings` checks (and resolves) a sampler request for this model.
+- `eval_sums(params, batch, rng, frozen) -> dict`: per-batch sums (nats, tokens, bytes and the moments for a standard
+  error) that add up over batches and devices, so evaluation pools exactly.
+`frozen` is a pytree the objective reads but never trains (a distillation teacher, the frozen denoiser under an energy
+head), or None; it lives in the train state. Two hooks manage it:
+- `init_from(fresh, pretrained) -> (params, frozen)`: the starting params and frozen tree from freshly initialised
+  params and, when the run names `init.workdir`, that run's params.
+- `update_frozen(step, params, frozen) -> frozen`: called (jitted) after every update with the new step count.
+Sampling reads the objective, never the config: `decoding` (how its model generates), `denoiser(params)` (what samplers
+call), `sampler_schedule` (the masking path they walk), `sampling_settings` (checks and resolves a sampler request).
+Why sums and a frozen tree: docs/objectives.md.
 """
 
 from __future__ import annotations

@@ -1,43 +1,17 @@
 """Masked consistency distillation (MCD) and its SDTT-style stochastic baseline.
 
-A pretrained MDM teacher is distilled into a student (initialised from it) that samples in few
-steps. Best reading of "Latent Shadows" (arXiv:2602.00792; only its abstract is public), modelled
-on DUO's DCD (arXiv:2506.10892), see research/mcd.md §4:
-
-    for round r = 0..R-1 (round_steps updates each; teacher <- current student at each boundary):
-        delta_r = 2^(r+1) / teacher_steps            (grid units; the student learns 2 teacher steps)
-        v ~ U[t_min, 1] (stratified), u_t = min(v + delta_r, 1), u_s = u_t - delta_r
-        t, s = grid(u_t), grid(u_s)                  (the target sampler's time grid)
-        (z_t, z_s) = coupled pair of x_0 from shared per-token noise (mdm.duality)
-        loss = mean over real tokens of the per-position loss below
-
-Per position (target='consistency'):
-- visible in z_t: 0 (SUBS carry-over);
-- masked in z_t, revealed in z_s: CE -log p_student(x_0 | z_t) (the teacher is one-hot there);
-- masked in both: D(p_student(. | z_t), p_teacher(. | z_s) at temperature tau), with D the
-  reverse KL sum p_S (log p_S - log p_T) (DCD/SDTT 'kl-bwd') or the forward KL sum p_T (log p_T - log p_S).
-target='stochastic' (SDTT, arXiv:2410.21035): the teacher runs `stochastic_steps` ancestral steps
-of delta_r / n from z_t; a position it reveals at step k targets its logits of step k, one still
-masked at the end targets its last logits; the loss is D(student(z_t), target) on every position
-masked in z_t.
-
-With teacher = student, s = t and tau = 1 the loss is exactly 0. After R rounds the student is made
-for an ancestral sampler of teacher_steps / 2^R steps on `grid`. Evaluation reports the student's
-NELBO (the masked-diffusion ELBO, nats), as for any MDM. The EMA of the student is the loop's.
-
-Defaults where the paper is silent, measured on the enumerable toy of tests/test_mcd.py (L = 4,
-V = 3, exact teacher, 2 rounds 8 -> 2 steps, exact total variation of the 2- and 4-step output
-laws; teacher: TV 0.313 at 2 steps, 0.163 at 4, sticky-Markov law):
-- divergence='reverse_kl': forward KL barely moves an exact teacher (it is its fixed point):
-  TV 0.299 vs 0.273 at 2 steps, 0.145 vs 0.118 at 4.
-- teacher temperature 0.96 -> 0.75 (the third-party reading of the paper): without it TV 0.295
-  at 2 steps and 0.145 at 4 (with it 0.273 / 0.118); it lowers entropy, so report entropy too.
-- teacher_source='student' (DCD Table 6 found it better at scale); an EMA teacher measured the
-  same on the toy (0.272 / 0.116).
-- coupling='uniform': the same joint law as 'gaussian' (tested), cheaper and free of quadrature.
-The SDTT-style target with the same settings reaches TV 0.211 at 2 steps but 0.148 at 4 (MCD
-0.273 / 0.118); on a random Dirichlet(0.3) law (teacher 0.315 / 0.172) it is better at both
-(0.244 / 0.132 vs MCD 0.294 / 0.157). So the toy does not confirm "MCD beats stochastic distillation".
+A trained MDM teacher is distilled, in rounds, into a student (initialised from it) that samples
+in few steps; modelled on DUO's DCD (arXiv:2506.10892) as the best reading of "Latent Shadows"
+(arXiv:2602.00792). Round r (teacher <- student at each boundary) uses the step gap
+delta_r = 2^(r+1) / teacher_steps in grid coordinates: u_t ~ U, u_s = u_t - delta_r, times
+t, s on the target sampler's grid, and a coupled pair (z_t, z_s) of x_0 (`mdm.duality`). Per
+position masked in z_t the loss is -log p_student(x_0 | z_t) where z_s reveals it, else
+D(p_student(. | z_t), p_teacher(. | z_s) at temperature tau) with D the reverse or forward KL
+(target 'consistency'); target 'stochastic' (SDTT, arXiv:2410.21035) instead targets the
+teacher's logits along `stochastic_steps` ancestral steps. With teacher = student, s = t and
+tau = 1 the loss is exactly 0. After R rounds the student is made for an ancestral sampler of
+teacher_steps / 2^R steps on `grid`; evaluation reports its masked-diffusion NELBO. The
+defaults and their measurements: docs/mcd.md.
 """
 
 from __future__ import annotations
@@ -66,7 +40,7 @@ TRAIN_COUPLINGS = ("uniform", "gaussian")  # 'literal' is O(B L V): tests only
 
 
 def config_section() -> ml_collections.ConfigDict:
-    """Every `mcd.*` key with its default (DCD's recipe where MCD is silent; research/mcd.md §6)."""
+    """Every `mcd.*` key with its default (DCD's recipe where MCD is silent; see docs/mcd.md)."""
     c = ml_collections.ConfigDict()
     c.target = "consistency"  # 'consistency' (MCD) or 'stochastic' (SDTT-style baseline)
     c.divergence = "reverse_kl"  # on positions masked in both z_t and z_s: 'reverse_kl' or 'forward_kl'

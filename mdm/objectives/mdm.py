@@ -1,34 +1,17 @@
 """The masked-diffusion objective: the continuous-time ELBO with the SUBS parameterisation.
 
-NELBO(x_0) = int_0^1 w(t) E_{x_t ~ q(.|x_0)} [ sum_{l: x_t^l = mask} -log mu(x_t)^l[x_0^l] ] dt,
-w(t) = -alpha'(t) / (1 - alpha(t)). SUBS: the network has no mask logit (it cannot predict the
-mask), and unmasked positions carry over, so only masked positions enter the sum.
-
-Training estimator: one t per sequence, stratified over the batch on [t_min, 1], so the loss is
-an unbiased estimate of the integral over [t_min, 1] on the configured schedule (eps included:
-eps and t_min only reweight training).
-
-Evaluation is always a bound on the samplers' -log p(x_0). The samplers start from all-mask at
-t = 1 and unmask with probability 1 - (1 - alpha(s)) / (1 - alpha(t)), where eps cancels: the
-generative model is the eps = 0 process. So evaluation integrates the ELBO of that process over
-the whole masking path, mask level m(t) = 1 - a(t) from 0 to 1 (`sampling_schedule`; with
-eps > 0 the configured curve stops at 1 - eps and drops about eps x the all-masked loss). A
-time-conditioned network gets the same t the ancestral and first-hitting samplers give it at
-that state: the schedule's t, whose eps = 0 mask level is m(t). Two unbiased estimators, each
-with `eval_t_samples` stratified draws per sequence (its own offset per sequence):
-
-- 'continuous': t stratified on (0, 1], x_t ~ Bernoulli(m(t)) per real token, weight w(t). A draw
-  with nothing masked is replaced by a singleton (the real position with the smallest uniform)
-  and singletons are importance-weighted by P/Q = n m / (n m + 1 - m), i.e. weight
-  m'(t) n / (1 + (n - 1) m): exact on [0, 1] with no t_min, and finite variance whenever m' is
-  square-integrable (every schedule here except 'polynomial' with power <= 1/2).
-- 'count' (schedule-free): k stratified on {1..n} (n real tokens), a uniform subset of k positions
-  masked, weight n / k: NELBO = E_k[(n / k) E_{|S| = k}[sum_{l in S} -log mu(x_S)^l[x_0^l]]]. A
-  time-conditioned network gets t = m^-1(u), u ~ Beta(k, n - k + 1) (the law of the mask level
-  given k masked under the ELBO's dm / m measure), which keeps the count form exact for it too.
-
-Reported standard errors are across sequences, so they include both the data spread and the
-Monte-Carlo noise.
+NELBO(x_0) = int_0^1 w(t) E_{x_t ~ q(.|x_0)} [sum_{l: x_t^l = mask} -log mu(x_t)^l[x_0^l]] dt, w(t) = -alpha'(t) / (1 - alpha(t)).
+SUBS: no mask logit (the network cannot predict the mask) and unmasked positions carry over: only masked positions enter the sum.
+Training: one t per sequence, stratified over the batch on [t_min, 1], an unbiased estimate of the integral over [t_min, 1]
+on the configured schedule (eps and t_min only reweight training).
+Evaluation bounds the samplers' -log p(x_0): the eps = 0 process over the whole path, mask level m(t) = 1 - a(t) from 0 to 1
+(`sampling_schedule`); a time-conditioned network gets the schedule's t, as the ancestral and first-hitting samplers give it.
+Two unbiased estimators, each with `eval_t_samples` stratified draws per sequence (its own offset per sequence):
+- 'continuous': t stratified on (0, 1], x_t ~ Bernoulli(m(t)) per real token, weight w(t); a draw with nothing masked becomes a
+  singleton (the real position with the smallest uniform), weighted m'(t) n / (1 + (n - 1) m): exact on [0, 1], no t_min.
+- 'count' (schedule-free): k stratified on {1..n} (n real tokens), a uniform subset of k positions masked, weight n / k; a
+  time-conditioned network gets t = m^-1(u), u ~ Beta(k, n - k + 1), which keeps it exact. Standard errors are across sequences.
+Derivation and choices: docs/objectives.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,16 @@
 """EDLM's NCE objective: train an energy network against a frozen MDM denoiser.
 
-The model is p_theta(x_0 | x_t) exp(-E(x_0, x_t)) and the noise distribution is the frozen
-denoiser p_theta itself (carry-over), so the classifier's log-odds of "data" are -E. With nu
-negatives per positive (standard NCE, with the log nu prior offset):
+The model is p_theta(x_0 | x_t) exp(-E(x_0, x_t)); the noise distribution is the frozen denoiser p_theta itself (carry-over),
+so the classifier's log-odds of "data" are -E. With nu negatives per positive (standard NCE, log nu prior offset):
 
     l(x_0) = -log sigmoid(-E(x_0, x_t) - log nu) - sum_{j=1..nu} log sigmoid(E(x^_j, x_t) + log nu)
 
-x_0 from the batch, t in [t_min, 1] (stratified over the batch), x_t ~ q(x_t | x_0), and
-x^_j ~ p_theta(. | x_t) drawn from the frozen denoiser given the same x_t. The optimum is
-E* = log p_theta - log p_data, so the energy is self-normalised (Z = 1 at the optimum only).
-The denoiser's params live in the frozen tree {'denoiser': ...}: they reach the loss only
-through a stop_gradient and through integer draws, so no gradient ever touches them.
-
-Units: the loss is NCE nats per sequence (mean over sequences). `eval_sums` reports the same
-per sequence: 'nats' = the NCE loss summed over sequences and 'tokens' = the number of
-sequences, so the loop's `eval/nats_per_token` reads as NCE nats per sequence; 'bytes' is 0
-(bits/byte means nothing here). A useless energy (constant E = 0) scores
-softplus(log nu) + nu softplus(-log nu) nats (2 log 2 = 1.386 at nu = 1): `useless_energy_loss`.
+x_0 from the batch, t in [t_min, 1] (stratified over the batch), x_t ~ q(x_t | x_0), x^_j ~ p_theta(. | x_t) from the frozen
+denoiser given the same x_t. Optimum E* = log p_theta - log p_data (Z = 1 at the optimum only). The denoiser's params live
+in the frozen tree {'denoiser': ...}, behind a stop_gradient: no gradient touches them. Units: NCE nats per sequence (mean
+over sequences); `eval_sums` puts the summed loss in 'nats' and the sequence count in 'tokens' (so `eval/nats_per_token`
+reads per sequence), 'bytes' = 0. A constant E = 0 scores softplus(log nu) + nu softplus(-log nu) nats (2 log 2 at
+nu = 1): `useless_energy_loss`. Derivation and units: docs/objectives.md.
 """
 
 from __future__ import annotations

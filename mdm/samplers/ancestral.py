@@ -1,21 +1,15 @@
 """The ancestral (MDLM/D3PM) sampler on a T-step time grid, with the exact factorised step.
 
-Between grid times t > s each masked position is unmasked with probability
-(alpha_s - alpha_t) / (1 - alpha_t), independently of the token, which is drawn from the
-denoiser's categorical over the V real tokens. Both draws are float32-safe (no (V+1)-way race
-against a dominant mask weight). The last step (s = 0, alpha = 1) unmasks everything.
-
-Caching (MDLM's trick, taken one step further): the unmasking decisions of a step do not need
-the network, so they are drawn first; a step that reveals nothing makes no call, and a step
-that reveals tokens reuses the last logits if no token changed since they were computed (valid
-for a time-agnostic network, whose logits depend on x_t only; fresh token draws from the same
-logits leave the law unchanged). NFE is then the number of steps that reveal a token: for one
-unconditional row, linear schedule, uniform grid, E[NFE] = T (1 - (1 - 1/T)^L); for B rows,
-L -> L B.
-
-greedy_last=True replaces the token draw of the last step (s = 0, which reveals every position
-still masked) by the argmax of the logits ("greedy tail", DUO's `noise_removal=greedy`): a
-lower-entropy finish often used with few-step distilled students. Off by default.
+Between grid times t > s each masked position is unmasked with probability (alpha_s - alpha_t) / (1 - alpha_t),
+independently of the token, which is drawn from the denoiser's categorical over the V real tokens (both draws
+float32-safe). The last step (s = 0, alpha = 1) unmasks everything.
+Caching (cache=True): a step's unmasking decisions are drawn first; a step that reveals nothing makes no call, and a step
+that reveals tokens reuses the last logits if no token changed since they were computed (valid for a time-agnostic
+network). NFE is the number of steps that reveal a token: for one unconditional row, linear schedule, uniform grid,
+E[NFE] = T (1 - (1 - 1/T)^L); for B rows, L -> L B.
+greedy_last=True replaces the token draw of the last step by the argmax of the logits ("greedy tail", DUO's
+`noise_removal=greedy`). Off by default.
+Why the step and the caching are exact: docs/samplers.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,15 @@
 """The first-hitting sampler (FHS) of Zheng et al. (2024), exact, batched, with a parallel form.
 
 With n masked positions at time tau (start tau = 1), the next unmasking time has
-P(tau' <= s) = ((1 - alpha(s)) / (1 - alpha(tau)))^n, drawn in log space as
-log(1 - alpha(tau')) = log(1 - alpha(tau)) + log(u) / n. One uniformly chosen masked position is
-then unmasked with a token from the denoiser's conditional: one network call per token, no
-time grid. For a time-agnostic network the times are bookkeeping; a time-conditioned one gets
-tau' (the time of the jump).
-
-Parallel form: k positions per call, drawn uniformly without replacement, the time advanced by
-k successive first-hitting updates, and the k tokens drawn independently from one call (the
-same approximation an ancestral step makes when it reveals several tokens). k is fixed
-(`tokens_per_step`) or follows ceil(n / steps_left) so that `steps` calls finish every row.
-Each row carries its own n, time and key; rows that are done are left unchanged.
-
-Time given to a time-conditioned network in the parallel form: the time of the last (k-th) of
-the call's k hits, tau_k, i.e. the time after all k first-hitting updates. For k = 1 this is
-the exact rule above. For k > 1 no single time is exact: the exact process would draw the j-th
-token at tau_j from a canvas with j - 1 of the k already filled, while here all k come from
-the canvas with n masked. Handing tau_k (rather than tau_1, the time of the first hit) is a
-choice within that approximation: one time per call, the time at which the call's output
-state (n - k masked) holds, so a row's last call gets the time of its final hit. Its law:
-mask_prob(tau_k) / mask_prob(tau) is the k-th largest of n iid U(0, 1), i.e. Beta(n - k + 1, k).
-
-Positions are chosen by `random_positions_rank`: an exactly uniform order of the masked
-positions (64-bit integer keys, redrawn on a tie), so no float grid biases the choice.
+P(tau' <= s) = ((1 - alpha(s)) / (1 - alpha(tau)))^n, drawn as log(1 - alpha(tau')) = log(1 - alpha(tau)) + log(u) / n.
+One uniformly chosen masked position is then unmasked with a token from the denoiser's conditional: one network call per
+token, no time grid. A time-conditioned network gets tau' (the time of the jump).
+Parallel form (approximate for k > 1): k positions per call, uniform without replacement, the time advanced by k successive
+first-hitting updates, the k tokens drawn independently from one call; a time-conditioned network gets tau_k, the time of
+the call's last hit (exact for k = 1). k is fixed (`tokens_per_step`) or ceil(n / steps_left), so `steps` calls finish
+every row. Each row carries its own n, time and key; rows that are done are left unchanged. Positions come from
+`random_positions_rank`: an exactly uniform order of the masked positions (64-bit integer keys, redrawn on a tie).
+Derivation and choices (why tau_k, its law): docs/samplers.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,16 @@
 """EDLM's parallel importance sampler: an energy-corrected x_0 draw inside a window of the reverse process.
 
-On the ancestral grid 1 = t_0 > ... > t_T = 0, each step t -> s makes one denoiser call and:
-- inside the window (t >= 1 - w): draws K full carry-over candidates x^(1..K) ~ p_theta(. | x_t)
-  for every row from that one call, scores all K x B candidates with the energy in one batched
-  call (rows laid out [K, B]: row j*B + b is candidate j of row b, and x_t and the logits are
-  tiled the same way, so no candidate is scored against another row's x_t), and per row picks j* with probability
-  softmax(-E / T)_j (minus sign: low energy = likely), x_0 = x^(j*);
-- outside the window: x_0 ~ p_theta(. | x_t), the plain MDM step;
-then takes the exact absorbing-posterior step: each masked position is revealed to x_0 with
-probability (alpha_s - alpha_t) / (1 - alpha_t). As K -> infinity, x_0 follows
-p_theta e^{-E/T} / Z (self-normalised importance sampling); K = 1 and w = 0 are the plain MDM.
-
-The proposal is the sampler's token draw (temperature, top-k/top-p); with the default draw it is
-p_theta, and the energy gets log p_theta (unfiltered log-probabilities) as its diffusion term.
-Keys: candidate 0 uses the step's token key (the one the ancestral sampler uses), candidate j
-uses fold_in(that key, j), the pick uses fold_in(the unmasking key, 1). So K = 1 gives exactly
-`ancestral_sample`'s tokens, and every row depends on its own key only (batch B = B runs of 1).
-A step that reveals no token in any row makes no energy call (x_0 would be discarded); with
-cache=True the denoiser is also not called again until x changes (time-agnostic networks).
-
-NFE: `nfe` counts denoiser calls for the batch (as every sampler); `energy_nfe` counts energy
-evaluations per row, K per importance step (one batched call of K x B rows = K passes).
+On the ancestral grid 1 = t_0 > ... > t_T = 0, each step t -> s makes one denoiser call. Inside the window (t >= 1 - w) it
+draws K carry-over candidates x^(1..K) ~ p_theta(. | x_t) per row from that call, scores all K x B in one batched energy
+call (row j*B + b is candidate j of row b; x_t and the logits tiled the same way) and per row picks j* with probability
+softmax(-E / T)_j, x_0 = x^(j*); outside it x_0 ~ p_theta(. | x_t). Then the exact absorbing-posterior step reveals each
+masked position to x_0 with probability (alpha_s - alpha_t) / (1 - alpha_t). As K -> infinity x_0 follows p_theta e^{-E/T} / Z
+(self-normalised importance sampling); K = 1 and w = 0 are the plain MDM. The proposal is the sampler's token draw; the energy
+gets log p_theta (unfiltered) as its diffusion term. Keys: candidate 0 uses the step's token key, candidate j fold_in(that
+key, j), the pick fold_in(the unmasking key, 1): K = 1 gives exactly `ancestral_sample`'s tokens, each row depends on its
+own key only. A step revealing no token makes no energy call; with cache=True the denoiser is not called until x changes.
+NFE: `nfe` counts denoiser calls for the batch; `energy_nfe` counts energy evaluations per row, K per importance step.
+Layout, keys and call counting: docs/samplers.md.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ class SamplerSettings:
     is_k: int = 2
     is_window: float = 0.2
     is_temp: float = 1.0
+    cfg_scale: float = 0.0  # SMDM's unsupervised classifier-free guidance w (0: none)
 
     def validate(self, seq_len: int) -> None:
         """Raises ValueError naming the bad setting and its allowed values."""
@@ -77,6 +78,8 @@ class SamplerSettings:
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"top_k={self.top_k} must be >= 0 and top_p={self.top_p} in (0, 1]")
         check_importance_settings(self.is_k, self.is_window, self.is_temp)
+        if not self.cfg_scale >= 0:
+            raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0 (0: no guidance; SMDM uses 0.5 to 2)")
 
     @property
     def token_draw(self) -> TokenSampling:
