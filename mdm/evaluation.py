@@ -35,10 +35,25 @@ def sample_entropy(tokens_NxL: np.ndarray, ignore: tuple[int, ...] = ()) -> dict
 
 
 def generative_perplexity(
-    evaluator: AutoregressiveObjective, params, tokens_NxL: np.ndarray, batch_size: int = 16
+    evaluator: AutoregressiveObjective,
+    params,
+    tokens_NxL: np.ndarray,
+    batch_size: int = 16,
+    context_L: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """exp(sum of the AR evaluator's NLL / number of scored tokens) over all samples (PAD excluded)."""
-    nll_and_count = lambda p, x: (evaluator.nll_per_example(p, x), evaluator.real_tokens(x).sum(-1))  # noqa: E731
+    """exp(sum of the AR evaluator's NLL / number of scored tokens) over all samples (PAD excluded).
+
+    context_L: bool[L], positions given to the sampler (a prompt): not scored, but conditioned on,
+    so the number is the perplexity of the continuation given the prompt.
+    """
+    length = tokens_NxL.shape[1]
+    scored_L = jnp.ones((length,), bool) if context_L is None else ~jnp.asarray(context_L, bool)
+
+    def nll_and_count(p, x):
+        needed = evaluator.real_tokens(x) & scored_L[None, :]
+        nll = evaluator.token_nll(p, evaluator.shift_right(x), x, needed_BxL=needed)
+        return nll.sum(-1), needed.sum(-1)
+
     nll_fn = jax.jit(precision.under("evaluation", nll_and_count))
     nats, count = 0.0, 0.0
     for start in range(0, len(tokens_NxL), batch_size):

@@ -227,6 +227,14 @@ def test_sample_metrics_against_hand_computed_values(runs):
     a = generative_perplexity(judge.experiment.objective, judge.params, tokens, batch_size=1)
     b = generative_perplexity(judge.experiment.objective, judge.params, tokens, batch_size=7)
     assert a["gen_ppl"] == pytest.approx(b["gen_ppl"], rel=1e-6)
+    # Given a prompt, only the continuation is scored: prompt + continuation NLLs make the whole,
+    # and the continuation's NLL is the chain rule's remainder (conditioning on the prompt).
+    prompt = np.arange(16) < 5
+    cont = generative_perplexity(judge.experiment.objective, judge.params, tokens, context_L=prompt)
+    head = generative_perplexity(judge.experiment.objective, judge.params, tokens, context_L=~prompt)
+    assert cont["gen_tokens"] == 7 * 11 and head["gen_tokens"] == 7 * 5
+    total = cont["gen_nats_per_token"] * 77 + head["gen_nats_per_token"] * 35
+    assert total == pytest.approx(a["gen_nats_per_token"] * a["gen_tokens"], rel=1e-5)
     # Exact sample fidelity: samples from the true chain score its entropy rate.
     lang = MarkovLanguage(6, seed=0)
     fid = markov_sample_fidelity(lang, lang.sample(5000, 20, seed=1))

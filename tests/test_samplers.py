@@ -129,7 +129,7 @@ def test_first_hitting_times_follow_the_stated_law(schedule, k):
     mp = lambda s: np.asarray(sch.mask_prob(jnp.asarray(s, jnp.float32)), np.float64)  # noqa: E731
     cdf = lambda s: stats.beta.cdf(mp(np.clip(s, 0, t0)) / mp(t0), n - k + 1, k)  # noqa: E731
     assert stats.kstest(tau, cdf).pvalue > 1e-3
-    if schedule == "cosine" and k == 1:  # the published quantiles (fhs_and_sampling.md §4.1)
+    if schedule == "cosine" and k == 1:  # closed form: time_of_mask_prob(mask_prob(t0) q^(1/n)), n = 7
         np.testing.assert_allclose(
             np.quantile(tau, [0.1, 0.25, 0.5, 0.75, 0.9]), [0.6647, 0.7148, 0.7559, 0.7813, 0.7931], atol=3e-3
         )
