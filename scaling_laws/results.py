@@ -13,7 +13,7 @@ import csv
 import dataclasses
 import math
 import pathlib
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -110,19 +110,6 @@ def read_results(path: str | pathlib.Path) -> list[RunResult]:
             values.update({c: _parse_float(record[c], c, where) for c in _FLOAT_COLUMNS})
             rows.append(RunResult(**values, extra=tuple((c, record[c]) for c in extra_columns)))
     return rows
-
-
-def write_results(path: str | pathlib.Path, rows: Iterable[RunResult]) -> None:
-    """Writes RunResults as results.csv: the contract columns, then any extra columns (sorted by name)."""
-    rows = list(rows)
-    extra_columns = sorted({name for r in rows for name, _ in r.extra})
-    with pathlib.Path(path).open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*RESULT_COLUMNS, *extra_columns])
-        for r in rows:
-            extra = dict(r.extra)
-            base = [repr(v) if isinstance(v, float) else str(v) for v in (getattr(r, c) for c in RESULT_COLUMNS)]
-            writer.writerow([*base, *(extra.get(c, "") for c in extra_columns)])
 
 
 def objectives_in(rows: Sequence[RunResult]) -> list[str]:

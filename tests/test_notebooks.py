@@ -186,7 +186,9 @@ def _synthetic_sweep(sweep_dir: pathlib.Path) -> None:
                     )
                 )
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    fits.write_results(sweep_dir / "results.csv", rows)
+    from results_csv import write_results
+
+    write_results(sweep_dir / "results.csv", rows)
 
 
 # ----------------------------------------------------------------------------------------------

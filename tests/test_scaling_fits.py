@@ -23,7 +23,8 @@ from scaling_laws.approach3_parametric import (
 )
 from scaling_laws.multiplier import compute_multiplier, fit_multiplier, multiplier_at_ar_compute
 from scaling_laws.power_laws import PowerLaw, one_blas_thread
-from scaling_laws.results import FitError, RunResult, read_results, replicate_spread, runs_of, write_results
+from results_csv import write_results
+from scaling_laws.results import FitError, RunResult, read_results, replicate_spread, runs_of
 
 # Besiroglu et al.'s refit of Chinchilla (2024, "Chinchilla Scaling: A replication attempt"): a = beta/(alpha+beta) = 0.5126.
 BESIROGLU = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
