@@ -59,6 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = "bytes"  # 'bytes' or a path to a HuggingFace tokenizer.json
     c.data.seq_len = 128
     c.data.mode = "pack"  # 'pack' (concatenate and chunk) or 'pad' (one document per row)
+    c.data.format = "documents"  # 'documents' (plain text) or 'pairs' (prompt/response, for fine-tuning; mode 'pad')
+    c.data.prompt_key = "prompt"  # format 'pairs' from JSONL (source 'text'): the prompt's field ...
+    c.data.response_key = "response"  # ... and the response's
+    c.data.supervise_padding = False  # format 'pairs': train on the padding after EOS too (the model learns to stop)
     c.data.val_percent = 5
     c.data.synthetic_vocab = 8
     c.data.synthetic_seed = 0
@@ -223,6 +227,17 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
     _require(data.source != "text" or bool(data.path), "data.source='text' needs --config.data.path='corpus/*.txt'")
     _require(data.source != "tfds" or bool(data.tfds_name), "data.source='tfds' needs --config.data.tfds_name=NAME (e.g. lm1b)")
     _require(data.mode in ("pack", "pad"), f"data.mode={data.mode!r}: choose 'pack' or 'pad'")
+    _require(data.format in ("documents", "pairs"), f"data.format={data.format!r}: choose 'documents' or 'pairs'")
+    if data.format == "pairs":
+        _require(
+            data.source in ("embedded", "text"),
+            f"data.format='pairs' reads JSONL (data.source='text') or the embedded corpus's functions, not {data.source!r}",
+        )
+        _require(data.mode == "pad", "data.format='pairs' puts one pair per row: set --config.data.mode=pad")
+        _require(
+            c.objective in ("mdm", "ar"),
+            f"data.format='pairs' fine-tunes objective 'mdm' or 'ar', not {c.objective!r}",
+        )
     _require(data.seq_len >= 2, f"data.seq_len={data.seq_len} must be >= 2")
     _require(0 <= data.val_percent < 100, f"data.val_percent={data.val_percent} must lie in [0, 100)")
 

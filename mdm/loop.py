@@ -206,7 +206,7 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
     interval_start, interval_steps = time.perf_counter(), 0
     final: dict[str, float] = {}
     for step in range(start_step + 1, t.num_steps + 1):
-        batch = global_batch({"tokens": next(train_it)["tokens"]}, mesh)
+        batch = global_batch(next(train_it), mesh)
         state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
         interval_steps += 1
         if pending is not None:

@@ -69,13 +69,13 @@ def make_train_step(
         else:
             micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
 
-            total = jnp.maximum(objective.real_tokens(batch["tokens"]).sum(), 1)
+            total = jnp.maximum(objective.counted(batch).sum(), 1)
 
             def accumulate(carry, inputs):
                 i, mb = inputs
                 (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), frozen)
                 # Each micro-batch loss is per its own tokens; weight by its share of the batch's.
-                w = jnp.maximum(objective.real_tokens(mb["tokens"]).sum(), 1) / total
+                w = jnp.maximum(objective.counted(mb).sum(), 1) / total
                 return jax.tree.map(lambda c, x: c + w * x, carry, (g, m)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)

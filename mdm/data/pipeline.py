@@ -22,7 +22,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mdm.data import packing, sources
+from mdm.data import packing, pairs, sources
 from mdm.data.tokenizers import Tokenizer
 from mdm.errors import ConfigError, DataError
 
@@ -109,9 +109,31 @@ def _packed_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> tuple[gr
     return grain.MapDataset.source(packing.Windows(stream, data_cfg.seq_len)), len(stream)
 
 
+def _pair_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> grain.MapDataset:
+    """One `pairs.encode_pair` record per prompt/response pair. The embedded corpus's function
+    pairs that do not fit seq_len whole are left out; a JSONL response that does not fit is cut."""
+    val = sources._val_percent(data_cfg)
+    if data_cfg.source == "embedded":
+        found, whole = pairs.python_function_pairs(split, val), True
+    else:
+        found, whole = pairs.jsonl_pairs(data_cfg.path, data_cfg.prompt_key, data_cfg.response_key, split, val), False
+    records = []
+    for prompt, response in found:
+        p_ids, r_ids = (_checked(tokenizer.encode(text), tokenizer) for text in (prompt, response))
+        if whole and len(p_ids) + len(r_ids) + 2 > data_cfg.seq_len:
+            continue
+        records.append(pairs.encode_pair(p_ids, r_ids, data_cfg.seq_len, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id))
+    if not records:
+        raise _empty_split(data_cfg, split)
+    return grain.MapDataset.source(records)
+
+
 def _records(data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, process_count: int) -> grain.MapDataset:
-    """Random-access records int32 [seq_len]; at least one batch per process."""
-    if data_cfg.source == "synthetic":
+    """Random-access records int32 [seq_len] (or pair dicts); at least one batch per process."""
+    if data_cfg.format == "pairs":
+        records = _pair_records(data_cfg, split, tokenizer)
+        have = f"{len(records)} prompt/response pairs"
+    elif data_cfg.source == "synthetic":
         records = _synthetic_records(data_cfg, split, tokenizer)
         have = f"{len(records)} sequences"
     elif data_cfg.mode == "pad":
@@ -137,7 +159,10 @@ def _order(ds: grain.MapDataset, seed: int, shuffle: bool, num_epochs: int | Non
     return ds if num_epochs == 1 else ds.repeat(num_epochs)
 
 
-def _as_batch(records: list[np.ndarray]) -> dict[str, np.ndarray]:
+def _as_batch(records: list) -> dict[str, np.ndarray]:
+    """{'tokens': int32[B, L]} from token records, or each field stacked from pair records."""
+    if isinstance(records[0], dict):
+        return {k: np.stack([r[k] for r in records]) for k in records[0]}
     return {"tokens": np.stack(records).astype(np.int32)}
 
 

@@ -25,17 +25,19 @@ class AutoregressiveObjective(Objective):
 
     @property
     def likelihood(self) -> str:
-        return "exact -log p(x)"
+        return "exact -log p(response | prompt)" if self.pairs else "exact -log p(x)"
 
     def shift_right(self, tokens_BxL: Array) -> Array:
         """The network's input: the mask id as a start symbol, then tokens[:, :-1]."""
         start = jnp.full_like(tokens_BxL[:, :1], self.mask_id)
         return jnp.concatenate([start, tokens_BxL[:, :-1]], axis=1)
 
-    def nll_per_example(self, params, tokens_BxL: Array) -> Array:
-        """float32[B]: -log p(x) summed over the non-padding positions."""
+    def nll_per_example(self, params, tokens_BxL: Array, modelled_BxL: Array | None = None) -> Array:
+        """float32[B]: -log p(x_l | x_<l) summed over the modelled positions (default: the
+        non-padding ones; in prompt/response batches the response, conditioned on the prompt)."""
         inputs = self.shift_right(tokens_BxL)
-        return self.token_nll(params, inputs, tokens_BxL, needed_BxL=self.real_tokens(tokens_BxL)).sum(-1)
+        needed = self.real_tokens(tokens_BxL) if modelled_BxL is None else modelled_BxL
+        return self.token_nll(params, inputs, tokens_BxL, needed_BxL=needed).sum(-1)
 
     def denoiser(self, params):
         """(tokens int[B, L], t) -> logits float[B, L, V] where position i is p(x_i | tokens[:i])
@@ -55,17 +57,19 @@ class AutoregressiveObjective(Objective):
 
     def loss(self, params, batch, rng, frozen=None):
         del rng  # deterministic objective
-        tokens = batch["tokens"]
-        loss = self.nll_per_example(params, tokens).sum() / jnp.maximum(self.real_tokens(tokens).sum(), 1)
+        modelled, _ = self.positions(batch)  # causal: later padding never reaches an earlier position
+        loss = self.nll_per_example(params, batch["tokens"], modelled).sum() / jnp.maximum(self.counted(batch).sum(), 1)
         return loss, {"loss": loss}
 
     def eval_sums(self, params, batch, rng, frozen=None):
         del rng
         tokens = batch["tokens"]
+        modelled, _ = self.positions(batch)
+        counted = self.counted(batch)
         return per_example_sums(
-            self.nll_per_example(params, tokens),
-            self.real_tokens(tokens).sum(-1),
-            self.bytes_per_example(tokens),
+            self.nll_per_example(params, tokens, modelled),
+            counted.sum(-1),
+            self.bytes_per_example(tokens, counted),
         )
 
 

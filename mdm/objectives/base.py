@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from mdm import process
+from mdm.data.pairs import CONTEXT, PADDING, RESPONSE
 from mdm.networks import Transformer
 from mdm.objectives.chunked_loss import chunked_token_nll
 from mdm.process import Denoiser
@@ -57,6 +58,8 @@ def shared_fields(config, pad_id: int, token_bytes) -> dict[str, Any]:
         pad_id=pad_id,
         token_bytes=tuple(int(b) for b in token_bytes),
         mask_padding=config.data.mode == "pad",
+        pairs=config.data.format == "pairs",
+        supervise_padding=config.data.supervise_padding,
         loss_chunk=config.model.loss_chunk,
     )
 
@@ -73,6 +76,8 @@ class Objective(abc.ABC):
     pad_id: int
     token_bytes: tuple[int, ...]
     mask_padding: bool = False
+    pairs: bool = False  # batches are prompt/response pairs (data.format='pairs'): likelihoods are conditional
+    supervise_padding: bool = False  # prompt/response batches: the padding after EOS is modelled too
     loss_chunk: int = 0  # positions per chunk of the head in `token_nll` (0: auto)
 
     @property
@@ -123,6 +128,19 @@ class Objective(abc.ABC):
         """Key mask that hides padding (only in pad mode; packed batches have none)."""
         return self.real_tokens(tokens_BxL) if self.mask_padding else None
 
+    def positions(self, batch: dict[str, Array]) -> tuple[Array, Array | None]:
+        """(modelled bool[B, L]: what the loss covers, visible bool[B, L] or None: the keys
+        attention reads). Plain batches model every real token; prompt/response batches (with
+        'segments') model the response and its EOS only, never the prompt, and the padding only
+        with `supervise_padding` (which also leaves it visible)."""
+        tokens = batch["tokens"]
+        if "segments" not in batch:
+            return self.real_tokens(tokens), self.attention_mask(tokens)
+        segments = batch["segments"]
+        if self.supervise_padding:
+            return segments != CONTEXT, None
+        return segments == RESPONSE, segments != PADDING
+
     def token_nll(
         self,
         params: Params,
@@ -139,10 +157,20 @@ class Objective(abc.ABC):
         hidden = self.model.apply({"params": params}, inputs_BxL, t_in, attention_mask_BxL=attention_mask_BxL, return_hidden=True)
         return chunked_token_nll(hidden, self.model.output_head(params), targets_BxL, self.loss_chunk, needed_BxL)
 
-    def bytes_per_example(self, tokens_BxL: Array) -> Array:
-        """int32[B]: UTF-8 bytes each sequence stands for (specials count 0)."""
+    def counted(self, batch: dict[str, Array]) -> Array:
+        """bool[B, L]: the positions per-token numbers are normalised by: the real tokens, or in
+        prompt/response batches the response and its EOS (also when the padding is supervised,
+        so nats per response token stay comparable with and without it)."""
+        if "segments" in batch:
+            return batch["segments"] == RESPONSE
+        return self.real_tokens(batch["tokens"])
+
+    def bytes_per_example(self, tokens_BxL: Array, modelled_BxL: Array | None = None) -> Array:
+        """int32[B]: UTF-8 bytes the modelled positions (default: the real tokens) stand for
+        (specials count 0)."""
         table = jnp.asarray(self.token_bytes, jnp.int32)
-        return jnp.where(self.real_tokens(tokens_BxL), table[tokens_BxL], 0).sum(-1)
+        modelled = self.real_tokens(tokens_BxL) if modelled_BxL is None else modelled_BxL
+        return jnp.where(modelled, table[tokens_BxL], 0).sum(-1)
 
     @abc.abstractmethod
     def loss(self, params: Params, batch: dict[str, Array], rng: Array, frozen: Params = None) -> tuple[Array, Metrics]:

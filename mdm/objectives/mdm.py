@@ -55,6 +55,8 @@ class MaskedDiffusionObjective(Objective):
         # In pad mode the attention mask, built from the clean tokens, shows the denoiser each
         # row's length at every t: the NELBO then bounds -log p(x | length), and an AR twin
         # (which pays for EOS) is not compared like for like.
+        if self.pairs:
+            return "upper bound on -log p(response | prompt" + (")" if self.supervise_padding else ", length)")
         return "upper bound on -log p(x | length)" if self.mask_padding else "upper bound on -log p(x)"
 
     @property
@@ -63,11 +65,17 @@ class MaskedDiffusionObjective(Objective):
         t = 1, same t and weight w(t)); evaluation bounds -log p on it."""
         return dataclasses.replace(self.schedule, eps=0.0)
 
-    def nelbo_per_example(self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array) -> Array:
-        """float32[B]: w(t_b) * sum of -log mu at the masked positions of x_t ~ q(.|x_0, t_b)."""
-        x_t = process.forward_mask(tokens_BxL, self.schedule.mask_prob(t_B), uniforms_BxL, self.mask_id, self.pad_id)
-        masked_BxL = x_t == self.mask_id
-        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, self.attention_mask(tokens_BxL), needed_BxL=masked_BxL).sum(-1)
+    def nelbo_per_example(
+        self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array, positions: tuple | None = None
+    ) -> Array:
+        """float32[B]: w(t_b) * sum of -log mu at the masked positions of x_t ~ q(.|x_0, t_b).
+
+        positions: (modelled, visible) from `positions` (default: those of a plain batch); only
+        modelled positions are ever masked."""
+        modelled_BxL, visible_BxL = positions or self.positions({"tokens": tokens_BxL})
+        masked_BxL = (uniforms_BxL < self.schedule.mask_prob(t_B)[:, None]) & modelled_BxL
+        x_t = jnp.where(masked_BxL, self.mask_id, tokens_BxL)
+        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, visible_BxL, needed_BxL=masked_BxL).sum(-1)
         # A row with no mask adds 0 even where the weight is huge (t -> 0); a NaN stays NaN.
         return jnp.where(masked_BxL.any(-1), self.schedule.weight(t_B) * nll_B, 0.0)
 
@@ -77,17 +85,20 @@ class MaskedDiffusionObjective(Objective):
         k_t, k_mask = jax.random.split(rng)
         t_B = process.stratified_times(k_t, batch_size, self.t_min)
         uniforms = process.example_uniforms(k_mask, batch_size, length)
-        nelbo_B = self.nelbo_per_example(params, tokens, t_B, uniforms)
-        num_tokens = jnp.maximum(self.real_tokens(tokens).sum(), 1)
+        positions = self.positions(batch)
+        nelbo_B = self.nelbo_per_example(params, tokens, t_B, uniforms, positions)
+        num_tokens = jnp.maximum(self.counted(batch).sum(), 1)  # per real token (per response token in SFT)
         loss = (1.0 - self.t_min) * nelbo_B.sum() / num_tokens
-        masked = (uniforms < self.schedule.mask_prob(t_B)[:, None]) & self.real_tokens(tokens)
-        return loss, {"loss": loss, "masked_fraction": masked.sum() / num_tokens}
+        masked = (uniforms < self.schedule.mask_prob(t_B)[:, None]) & positions[0]
+        return loss, {"loss": loss, "masked_fraction": masked.sum() / jnp.maximum(positions[0].sum(), 1)}
 
-    def continuous_nelbo_per_example(self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array) -> Array:
+    def continuous_nelbo_per_example(
+        self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array, positions: tuple | None = None
+    ) -> Array:
         """float32[B]: one unbiased draw of the integrand of the full-path (eps = 0) NELBO at t_B in
         (0, 1]; an empty draw becomes the singleton at the smallest uniform, singletons reweighted."""
         sched = self.sampling_schedule
-        real_BxL = self.real_tokens(tokens_BxL)
+        real_BxL, visible_BxL = positions or self.positions({"tokens": tokens_BxL})
         n_B = real_BxL.sum(-1).astype(jnp.float32)
         m_B = sched.mask_prob(t_B)
         drawn_BxL = (uniforms_BxL < m_B[:, None]) & real_BxL
@@ -95,17 +106,19 @@ class MaskedDiffusionObjective(Objective):
         forced_BxL = (jnp.arange(tokens_BxL.shape[1])[None, :] == first_B[:, None]) & real_BxL & ~drawn_BxL.any(-1, keepdims=True)
         masked_BxL = drawn_BxL | forced_BxL
         x_t = jnp.where(masked_BxL, self.mask_id, tokens_BxL)
-        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, self.attention_mask(tokens_BxL), needed_BxL=masked_BxL).sum(-1)
+        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, visible_BxL, needed_BxL=masked_BxL).sum(-1)
         count_B = masked_BxL.sum(-1)
         # Q(S) = P(S) + P(empty) / n for singletons: w(t) P / Q = m'(t) n / (1 + (n - 1) m).
         single_B = -sched.dalpha(t_B) * n_B / (1.0 + (n_B - 1.0) * m_B)
         weight_B = jnp.where(count_B == 1, single_B, sched.weight(t_B))
         return jnp.where(count_B > 0, weight_B * nll_B, 0.0)  # a NaN stays NaN
 
-    def count_nelbo_per_example(self, params, tokens_BxL: Array, u_B: Array, uniforms_BxL: Array, key: Array) -> Array:
+    def count_nelbo_per_example(
+        self, params, tokens_BxL: Array, u_B: Array, uniforms_BxL: Array, key: Array, positions: tuple | None = None
+    ) -> Array:
         """float32[B]: (n / k) x the masked NLL sum for k = 1 + floor(u_B n) masked positions, the
-        k real positions with the smallest uniforms (a uniform subset)."""
-        real_BxL = self.real_tokens(tokens_BxL)
+        k modelled positions with the smallest uniforms (a uniform subset)."""
+        real_BxL, visible_BxL = positions or self.positions({"tokens": tokens_BxL})
         n_B = real_BxL.sum(-1)
         k_B = jnp.clip(jnp.floor(u_B * n_B).astype(jnp.int32) + 1, 1, jnp.maximum(n_B, 1))
         rank_BxL = jnp.argsort(jnp.argsort(jnp.where(real_BxL, uniforms_BxL, 2.0), -1), -1)
@@ -118,7 +131,7 @@ class MaskedDiffusionObjective(Objective):
             t_B = self.sampling_schedule.time_of_mask_prob(level_B)
         else:
             t_B = None
-        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, self.attention_mask(tokens_BxL), needed_BxL=masked_BxL).sum(-1)
+        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, visible_BxL, needed_BxL=masked_BxL).sum(-1)
         return jnp.where(masked_BxL.any(-1), n_B / k_B * nll_B, 0.0)
 
     def eval_sums(self, params, batch, rng, frozen=None):
@@ -130,18 +143,21 @@ class MaskedDiffusionObjective(Objective):
         k_level = jax.random.fold_in(rng, 1)
         offsets_B = jax.vmap(lambda b: jax.random.uniform(jax.random.fold_in(k_t, b), ()))(jnp.arange(batch_size))
         num_k = self.eval_t_samples
+        positions = self.positions(batch)
 
         def one_sample(total_B, k):
             grid_B = jnp.mod(offsets_B + k / num_k, 1.0)  # stratified on [0, 1)
             uniforms = process.example_uniforms(jax.random.fold_in(k_mask, k), batch_size, length)
             if self.eval_estimator == "count":
-                nelbo_B = self.count_nelbo_per_example(params, tokens, grid_B, uniforms, jax.random.fold_in(k_level, k))
+                key = jax.random.fold_in(k_level, k)
+                nelbo_B = self.count_nelbo_per_example(params, tokens, grid_B, uniforms, key, positions)
             else:
-                nelbo_B = self.continuous_nelbo_per_example(params, tokens, 1.0 - grid_B, uniforms)  # t in (0, 1]
+                nelbo_B = self.continuous_nelbo_per_example(params, tokens, 1.0 - grid_B, uniforms, positions)  # t in (0, 1]
             return total_B + nelbo_B, None
 
         total_B, _ = jax.lax.scan(one_sample, jnp.zeros((batch_size,)), jnp.arange(num_k))
-        return per_example_sums(total_B / num_k, self.real_tokens(tokens).sum(-1), self.bytes_per_example(tokens))
+        counted = self.counted(batch)
+        return per_example_sums(total_B / num_k, counted.sum(-1), self.bytes_per_example(tokens, counted))
 
 
 def from_config(config, model, pad_id: int, token_bytes) -> MaskedDiffusionObjective:
