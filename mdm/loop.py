@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mdm import data as mdm_data
 from mdm.checkpoint import Checkpointer, workdir_lock
 from mdm.config import validate
-from mdm.errors import DataError, TrainingError
+from mdm.errors import CheckpointError, ConfigError, DataError, TrainingError
 from mdm.metrics import MetricsWriter, summarize_eval
 from mdm.experiment import Experiment, build, sharded_abstract_state
 from mdm.objectives import EVAL_SUM_KEYS, Objective
@@ -66,7 +66,7 @@ def load_eval_batches(config, tokenizer) -> list[dict]:
     )
     batches = []
     for batch in it:
-        batches.append({"tokens": batch["tokens"]})
+        batches.append(dict(batch))  # tokens, and the segments of prompt/response pairs
         if len(batches) == t.eval_batches:
             break
     if not batches:
@@ -96,15 +96,18 @@ def _train_iterator(config, tokenizer):
     )
 
 
-def _check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
+def _check_finite(step: int, metrics: dict, last_checkpoint: int | None, dtype: str = "float32") -> None:
+    """A one-line TrainingError when the loss, gradient norm or params norm of `step` is NaN or
+    Inf: all three values as they are, and fixes that fit the run (float32 only for a bfloat16 run)."""
     values = {k: float(metrics[k]) for k in ("loss", "grad_norm", "params_norm")}
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         kept = "no checkpoint was written" if last_checkpoint is None else f"the last good checkpoint is step {last_checkpoint}"
-        raise TrainingError(
-            f"non-finite {' and '.join(bad)} at step {step} (loss {values['loss']:.4g}, grad norm {values['grad_norm']:.4g}); "
-            f"{kept}. Lower --config.optim.lr or raise --config.optim.warmup_steps"
-        )
+        shown = ", ".join(f"{k} {v!r}" if not math.isfinite(v) else f"{k} {v:.6g}" for k, v in values.items())
+        fix = "lower --config.optim.lr or raise --config.optim.warmup_steps"
+        if dtype != "float32":
+            fix += f", or compute in float32 (--config.model.dtype=float32 instead of {dtype})"
+        raise TrainingError(f"non-finite {' and '.join(bad)} at step {step} ({shown}); {kept}. To fix: {fix}")
 
 
 def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict[str, float]:
@@ -114,7 +117,10 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     """
     validate(config, jax.process_count())
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, or no permission
+        raise ConfigError(f"cannot create the workdir {workdir} ({e.strerror or e}); give a writable directory") from None
     with workdir_lock(workdir):
         return _run_locked(config, workdir, stop_at_step)
 
@@ -136,6 +142,19 @@ def _run_locked(config, workdir: pathlib.Path, stop_at_step: int | None) -> dict
         return _train(exp, workdir, writer, checkpointer, train_it, eval_batches, mesh, rules, stop_at_step)
 
 
+def _check_same_length(saved: dict, config, workdir) -> None:
+    """Refuses to resume with another train.num_steps: the cosine learning rate is laid over
+    num_steps, so a longer run would jump back up (a shorter one down) at the resumed step."""
+    old = (saved.get("train") or {}).get("num_steps")
+    new = config.train.num_steps
+    if old is not None and old != new:
+        raise CheckpointError(
+            f"{workdir} was trained with train.num_steps={old} but the config has {new}: resuming would make the "
+            f"cosine learning rate jump to another schedule; keep --config.train.num_steps={old}, or continue "
+            f"training from it in a new run: --workdir NEW_DIR --config.init.workdir={workdir}"
+        )
+
+
 def _start_state(exp: Experiment, workdir, writer, checkpointer, train_it, sharded, init_rng, mesh, rules):
     """(train state, latest checkpoint step or None): resumed from `workdir`'s newest readable
     checkpoint (data position included), else created sharded, from `init.workdir` if set."""
@@ -144,6 +163,7 @@ def _start_state(exp: Experiment, workdir, writer, checkpointer, train_it, shard
     restored = checkpointer.restore_latest(abstract, config)
     if restored is not None:
         latest, state, data_state = restored
+        _check_same_length(checkpointer.restore_config(latest), config, workdir)
         train_it.set_state(data_state)
         writer.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, workdir)
@@ -210,10 +230,10 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
         state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
         interval_steps += 1
         if pending is not None:
-            _check_finite(*pending, last_ckpt)
+            _check_finite(*pending, last_ckpt, config.model.dtype)
         pending = (step, metrics)
         if step % t.log_every == 0 or step == t.num_steps:
-            _check_finite(step, metrics, last_ckpt)
+            _check_finite(step, metrics, last_ckpt, config.model.dtype)
             elapsed = time.perf_counter() - interval_start
             tok_s = interval_steps * tokens_per_step / elapsed
             interval_start, interval_steps = time.perf_counter(), 0
@@ -229,7 +249,7 @@ def _train(exp: Experiment, workdir, writer, checkpointer, train_it, eval_batche
             bar.close()
             return final
         if step % t.checkpoint_every == 0 or step == t.num_steps:
-            _check_finite(step, metrics, last_ckpt)
+            _check_finite(step, metrics, last_ckpt, config.model.dtype)
             checkpointer.save(step, state, train_it.get_state(), config)
             last_ckpt = step
         bar.update(1)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -162,3 +163,16 @@ def test_jsonl_pairs_feed_batches_and_bad_lines_are_one_line_errors(tmp_path):
         path.write_text(line)
         with pytest.raises(DataError, match=message):
             next(make_iterator(config, "train", tokenizer, 1, seed=0))
+
+
+def test_training_and_evaluation_batches_of_pairs_carry_their_segments(tmp_path):
+    """The loop's validation batches keep the segments, so evaluation reports the response NLL."""
+    from mdm.cli import load_config
+    from mdm.loop import load_eval_batches
+
+    config = load_config(pathlib.Path(__file__).parents[1] / "configs" / "sft.py")
+    batches = load_eval_batches(config, make_tokenizer(config.data))
+    assert all(set(b) == {"tokens", "segments"} for b in batches)
+    objective = _mdm(FixedLogitsModel(np.zeros((config.data.seq_len, 3))))
+    response = batches[0]["segments"] == RESPONSE
+    assert int(objective.counted({k: jnp.asarray(v) for k, v in batches[0].items()}).sum()) == int(response.sum())
