@@ -36,8 +36,10 @@ RUN_FLAGS = {
 def check_flags(flags: dict) -> None:
     """Refuses flag values that cannot work, as one line, before the expensive work; makes the
     directory of an explicit --output."""
+    from mdm.cli import check_workdir
     from mdm.errors import ConfigError
 
+    check_workdir(flags["workdir"])
     if flags["params"] not in ("ema", "raw"):
         raise ConfigError(f"--params={flags['params']}: choose ema or raw")
     if flags["step"] < -1:

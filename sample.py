@@ -70,10 +70,11 @@ def check_energy_flags(flags: dict) -> None:
 
 
 def _run(argv: list[str]) -> None:
-    from mdm.cli import parse_flags, sampler_flags
+    from mdm.cli import check_workdir, parse_flags, sampler_flags
     from mdm.errors import ConfigError
 
     flags, _, _ = parse_flags(argv, {**RUN_FLAGS, **sampler_flags(), **ENERGY_FLAGS})
+    check_workdir(flags["workdir"])
     if flags["params"] not in ("ema", "raw"):
         raise ConfigError(f"--params={flags['params']}: choose ema or raw")
     if flags["num_samples"] < 1 or flags["batch_size"] < 1:

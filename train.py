@@ -19,19 +19,20 @@ ROOT = pathlib.Path(__file__).resolve().parent
 def _run(argv: list[str]) -> None:
     import jax
 
-    from mdm.cli import parse_command_line
+    from mdm.cli import check_workdir, parse_command_line
     from mdm.distributed import initialize_from_env
     from mdm.loop import run
 
     initialize_from_env()
     config, flags = parse_command_line(argv, ROOT / "configs" / "default.py", {"workdir": "runs/default"})
+    check_workdir(flags["workdir"])
     if jax.process_index() == 0:
         print(f"training {config.objective} in {flags['workdir']}")
     run(config, flags["workdir"])
 
 
 def main(argv: list[str]) -> int:
-    return run_cli(_run, argv)
+    return run_cli(_run, argv, interrupted="interrupted: the last checkpoint is kept; run the same command to resume")
 
 
 if __name__ == "__main__":

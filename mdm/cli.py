@@ -22,19 +22,64 @@ from mdm.config import base_config, check_keys, validate
 from mdm.errors import ConfigError, MdmError
 
 
-def run_cli(body: Callable[[list[str]], None], argv: list[str]) -> int:
-    """Runs `body(argv)`; an MdmError is printed as `error: <message>` and gives exit status 2."""
+HELP_FLAGS = ("--help", "-h")
+
+
+class HelpRequested(Exception):
+    """Raised by `parse_flags` for --help/-h; `run_cli` prints the script's help and exits 0."""
+
+    def __init__(self, flags: dict[str, Any] | None = None, allow_config: bool = False):
+        super().__init__("help requested")
+        self.flags = flags or {}
+        self.allow_config = allow_config
+
+
+def _help_text(doc: str | None, request: HelpRequested) -> str:
+    """The script's docstring, then its flags with their defaults."""
+    lines = [(doc or "").strip()]
+    if request.flags or request.allow_config:
+        lines += ["", "flags (default):"]
+        lines += [f"  --{name}={value}" for name, value in request.flags.items()]
+        if request.allow_config:
+            lines.append("  --config PATH, --config.SECTION.KEY=VALUE (any key of mdm.config.base_config())")
+    return "\n".join(lines).strip()
+
+
+def run_cli(body: Callable[[list[str]], None], argv: list[str], interrupted: str = "interrupted") -> int:
+    """Runs `body(argv)`; an MdmError is printed as `error: <message>` and gives exit status 2.
+
+    --help/-h prints the docstring of `body`'s module and the flags, and gives 0; Ctrl-C prints
+    `interrupted` (one line) and gives 130."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mdm").setLevel(logging.INFO)
     from absl import logging as absl_logging  # orbax logs every save at INFO through absl
 
     absl_logging.set_verbosity(absl_logging.WARNING)
+    doc = getattr(body, "__globals__", {}).get("__doc__")
     try:
         body(argv)
+    except HelpRequested as request:
+        print(_help_text(doc, request))
+        return 0
     except MdmError as e:
+        if argv and argv[0] in HELP_FLAGS:  # a script that reads a command word before its flags
+            print(_help_text(doc, HelpRequested()))
+            return 0
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
     return 0
+
+
+def check_workdir(workdir: str, flag: str = "--workdir") -> str:
+    """`workdir`, unless it is empty (which would mean the current directory) or an existing file."""
+    if not str(workdir).strip():
+        raise ConfigError(f"{flag} is empty: give the run's directory, e.g. {flag} runs/default")
+    if "://" not in str(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"{flag} {workdir} is a file, not a run directory: give a directory (a new one for a new run)")
+    return workdir
 
 
 def prepare_output(path: str, flag: str = "--output") -> pathlib.Path:
@@ -64,13 +109,25 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # a broken config file: say which and why, in one line
-        raise ConfigError(f"config file {str(path)!r} failed to load: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"config file {str(path)!r} failed to load: {_first_line(e)}") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {str(path)!r} defines no get_config()")
-    config = module.get_config()
+    try:
+        config = module.get_config()
+    except MdmError:
+        raise
+    except Exception as e:  # a bug inside get_config(): one line naming the file and the error
+        raise ConfigError(f"config file {str(path)!r}: get_config() raised {_first_line(e)}; fix the file") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {str(path)!r}: get_config() returned {type(config).__name__}, not a ConfigDict")
     check_keys(config, base_config())
     config.lock()
     return config
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def _parse_value(key: str, text: str, current: Any) -> Any:
@@ -125,7 +182,8 @@ def parse_flags(
     """Parses `--name=value` / `--name value` flags typed by the defaults in `flags`.
 
     With `allow_config`, also `--config PATH` and `--config.key=value` (returned as the config
-    path and a list of overrides). A bool flag may be given bare (`--flag`).
+    path and a list of overrides). A bool flag may be given bare (`--flag`). --help/-h raises
+    HelpRequested (run_cli prints the help).
     """
     values = dict(flags)
     config_path: str | None = None
@@ -134,6 +192,8 @@ def parse_flags(
     i = 0
     while i < len(args):
         arg = args[i]
+        if arg in HELP_FLAGS:
+            raise HelpRequested(flags, allow_config)
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}; flags look like --name=value")
         name, has_value, value = arg[2:].partition("=")

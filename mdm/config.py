@@ -225,6 +225,11 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
         f"data.source={data.source!r}: choose embedded, text, tfds or synthetic",
     )
     _require(data.source != "text" or bool(data.path), "data.source='text' needs --config.data.path='corpus/*.txt'")
+    _require(
+        data.source == "text" or not data.path,
+        f"data.path={data.path!r} is read only by data.source='text' (this config has data.source={data.source!r}): "
+        "add --config.data.source=text or drop --config.data.path",
+    )
     _require(data.source != "tfds" or bool(data.tfds_name), "data.source='tfds' needs --config.data.tfds_name=NAME (e.g. lm1b)")
     _require(data.mode in ("pack", "pad"), f"data.mode={data.mode!r}: choose 'pack' or 'pad'")
     _require(data.format in ("documents", "pairs"), f"data.format={data.format!r}: choose 'documents' or 'pairs'")

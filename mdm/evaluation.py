@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm.data import MarkovLanguage
+from mdm.errors import ConfigError
 from mdm.objectives import AutoregressiveObjective
 from mdm import precision
 
@@ -46,6 +47,8 @@ def generative_perplexity(
     context_L: bool[L], positions given to the sampler (a prompt): not scored, but conditioned on,
     so the number is the perplexity of the continuation given the prompt.
     """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1 (the samples scored per call)")
     length = tokens_NxL.shape[1]
     scored_L = jnp.ones((length,), bool) if context_L is None else ~jnp.asarray(context_L, bool)
 

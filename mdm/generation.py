@@ -30,13 +30,29 @@ SampleFn = Callable[[Any, Any, jax.Array, jax.Array], SampleOutput]
 
 
 _MASK_SPAN = re.compile(r"\[MASK(?:\*(\d+))?\]")
+_MASK_START = re.compile(r"\[mask", re.IGNORECASE)  # anything that starts like a span must be one
+
+
+def _check_mask_spans(infill: str) -> None:
+    """A one-line ConfigError for a `[MASK`-like marker that is not `[MASK]` or `[MASK*n]` with n >= 1."""
+    for start in _MASK_START.finditer(infill):
+        span = _MASK_SPAN.match(infill, start.start())
+        if span is not None and int(span.group(1) or 1) >= 1:
+            continue
+        end = infill.find("]", start.start(), start.start() + 24)
+        marker = infill[start.start() : end + 1] if end >= 0 else infill[start.start() : start.start() + 12]
+        raise ConfigError(
+            f"--infill: {marker!r} is not a mask span; write [MASK] for one token to generate or [MASK*n] for n >= 1 "
+            "of them (e.g. [MASK*8])"
+        )
 
 
 def make_canvas(tokenizer, seq_len: int, prompt: str = "", infill: str = "") -> np.ndarray:
     """int32[seq_len]: BOS, then the prompt or infill template, then masks to the end.
 
     In `infill`, `[MASK]` is one token to generate and `[MASK*n]` is n of them; the text around
-    them is kept. With neither, the canvas is all masks (unconditional).
+    them is kept; any other `[MASK`-like marker (`[MASK*]`, `[mask]`, `[MASK*0]`) is a ConfigError.
+    With neither, the canvas is all masks (unconditional).
     """
     mask = process.mask_id(tokenizer.vocab_size)
     if prompt and infill:
@@ -45,6 +61,7 @@ def make_canvas(tokenizer, seq_len: int, prompt: str = "", infill: str = "") -> 
         return np.full((seq_len,), mask, np.int32)
     pieces: list[np.ndarray] = [np.asarray([tokenizer.bos_id], np.int32)]
     text = prompt or infill
+    _check_mask_spans(infill)
     pos = 0
     for m in _MASK_SPAN.finditer(infill):
         pieces.append(tokenizer.encode(infill[pos : m.start()]).astype(np.int32))
@@ -122,6 +139,10 @@ def generate(
     energy: the energy of the 'edlm' sampler (ignored by the others). 'nfe' counts denoiser
     calls and 'energy_nfe' energy passes, both per batch (an importance step adds K passes).
     """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1 (the samples drawn per call)")
+    if num_samples < 0:
+        raise ConfigError(f"num_samples={num_samples} must be >= 0")
     length = canvas.shape[0]
     settings, sample = build_sampler(objective, settings, canvas, energy=energy)
     fn = jax.jit(precision.under("sampling", sample))

@@ -11,6 +11,7 @@ from metrics.jsonl whenever a resumed run drops records, so both always hold the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -22,6 +23,8 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from mdm.errors import TrainingError
+
+log = logging.getLogger("mdm")
 
 LN2 = math.log(2.0)
 
@@ -175,12 +178,23 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:
-    """All records of a metrics.jsonl file, in order (a torn last line is ignored)."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+    """All records of a metrics.jsonl file, in order. Lines that are not a JSON object with an
+    integer `step` (a torn last line, binary garbage, a hand edit) are skipped with one warning."""
+    records, skipped = [], []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+                record = None
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, int) and not isinstance(step, bool):
+                records.append(record)
+            else:
+                skipped.append(number)
+    if skipped:
+        lines = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        log.warning("%s: skipped %d line(s) that are not a record with a step (line %s)", path, len(skipped), lines)
     return records

@@ -122,7 +122,8 @@ def train_tiny(workdir: str | pathlib.Path | None = None, *, num_steps: int | No
     """
     from mdm.loop import run
 
-    config = config if config is not None else tiny_default_config(num_steps or default_train_steps(), objective)
+    if config is None:  # num_steps=0 is refused by tiny_default_config, not replaced by the default
+        config = tiny_default_config(default_train_steps() if num_steps is None else num_steps, objective)
     workdir = pathlib.Path(workdir) if workdir else pathlib.Path(tempfile.mkdtemp(prefix=f"mdm_tiny_{config.objective}_"))
     run(config, workdir)
     return workdir

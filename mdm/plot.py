@@ -218,7 +218,13 @@ def write_curves(runs: Sequence[Run], out_dir: str | pathlib.Path, x: str = "ste
     if x not in ("step", "tokens"):
         raise ConfigError(f"--x {x}: choose step or tokens")
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file: give a directory for the PNGs, e.g. --out {out_dir.parent / 'plots'}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = e.strerror or e
+        raise ConfigError(f"--out {out_dir}: cannot create the directory ({reason}); give a writable directory") from None
     paths = [out_dir / "curves.png"]
     curves_figure(runs, x).savefig(paths[0], dpi=dpi)
     for curve in panels_for(runs):

@@ -17,7 +17,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from mdm import runs
-from mdm.checkpoint import Checkpointer
+from mdm.checkpoint import Checkpointer, UnreadableCheckpoint
 from mdm.config import config_from_saved, validate
 from mdm.energy import EnergyModel
 from mdm.errors import CheckpointError, ConfigError
@@ -44,6 +44,14 @@ class Trained:
         return self.experiment.config
 
 
+def _saved_config(checkpointer: Checkpointer, step: int) -> Any:
+    """The config saved with `step`, migrated to this version's schema (dropped keys warned about)."""
+    config, dropped = config_from_saved(checkpointer.restore_config(step))
+    if dropped:
+        log.warning("ignoring config keys this version no longer has: %s", ", ".join(dropped))
+    return config
+
+
 def _open(workdir: epath.Path, step: int | None, missing: str, flag: str = "--step") -> tuple[Checkpointer, int, Any]:
     """(checkpointer, chosen step, saved config) of the run in `workdir`; `missing` is the error
     when it has no checkpoints folder."""
@@ -51,17 +59,11 @@ def _open(workdir: epath.Path, step: int | None, missing: str, flag: str = "--st
         raise CheckpointError(missing)
     checkpointer = Checkpointer(workdir)
     step = runs.choose_step(workdir, step, checkpointer.manager.all_steps(), flag)
-    config, dropped = config_from_saved(checkpointer.restore_config(step))
-    if dropped:
-        log.warning("ignoring config keys this version no longer has: %s", ", ".join(dropped))
-    return checkpointer, step, config
+    return checkpointer, step, _saved_config(checkpointer, step)
 
 
-def load_trained(workdir: str | pathlib.Path, step: int | None = None, use_ema: bool = True) -> Trained:
-    """Restores the checkpoint at `step` (default: the latest) of the run in `workdir`."""
-    workdir = runs.as_path(workdir)
-    missing = f"no checkpoints under {workdir}; train first: python train.py --workdir {workdir}"
-    checkpointer, step, config = _open(workdir, step, missing)
+def _restore_trained(checkpointer: Checkpointer, workdir: epath.Path, step: int, use_ema: bool) -> Trained:
+    config = _saved_config(checkpointer, step)
     try:
         validate(config)
     except ConfigError as e:
@@ -70,6 +72,33 @@ def load_trained(workdir: str | pathlib.Path, step: int | None = None, use_ema: 
     exp = build(config)
     state, _ = checkpointer.restore(step, abstract_state(exp, jax.random.PRNGKey(0), config.data.seq_len), config)
     return Trained(exp, state.ema_params if use_ema else state.params, state.frozen, step, workdir)
+
+
+def load_trained(workdir: str | pathlib.Path, step: int | None = None, use_ema: bool = True) -> Trained:
+    """Restores the checkpoint at `step` (default: the latest) of the run in `workdir`.
+
+    Without `step`, a run that is still training may rotate its latest step away (or be writing
+    it) between listing and reading: then the steps are listed again and the newest other one is
+    restored, once, with a warning."""
+    workdir = runs.as_path(workdir)
+    missing = f"no checkpoints under {workdir}; train first: python train.py --workdir {workdir}"
+    if not runs.has_checkpoints(workdir):
+        raise CheckpointError(missing)
+    checkpointer = Checkpointer(workdir)
+    chosen = runs.choose_step(workdir, step, checkpointer.manager.all_steps())
+    try:
+        return _restore_trained(checkpointer, workdir, chosen, use_ema)
+    except (UnreadableCheckpoint, FileNotFoundError) as e:
+        if step is not None:
+            raise
+        checkpointer = Checkpointer(workdir)  # lists the steps anew
+        others = [s for s in checkpointer.manager.all_steps() if s != chosen]
+        if not others:
+            raise
+        log.warning(
+            "step %d of %s vanished or cannot be read (%s); loading step %d, the latest now", chosen, workdir, e, max(others)
+        )
+        return _restore_trained(checkpointer, workdir, max(others), use_ema)
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from mdm.data import MarkovLanguage
+from mdm.data.tokenizers import ByteTokenizer
+from mdm.errors import ConfigError
 from mdm.evaluation import generative_perplexity, markov_sample_fidelity, sample_entropy
+from mdm.generation import make_canvas
 from mdm.loop import run
 from mdm.trained import load_trained
 from test_loop import tiny_config
@@ -114,6 +117,19 @@ def test_infill_keeps_the_context_and_fills_the_spans(runs):
         assert all(t != 259 for t in tokens)
 
 
+@pytest.mark.parametrize("marker", ["[MASK*]", "[MASK*x]", "[MASK", "[mask]", "[MASK*0]", "[Mask*3]", "[MASK *2]"])
+def test_a_malformed_mask_marker_in_an_infill_template_is_one_line(marker):
+    tokenizer = ByteTokenizer()
+    with pytest.raises(ConfigError) as err:
+        make_canvas(tokenizer, 32, infill=f"ab{marker}cd")
+    text = str(err.value)
+    assert "\n" not in text and "is not a mask span; write [MASK] for one token" in text and "[MASK*n] for n >= 1" in text
+    assert repr(marker) in text or repr(marker + "cd") in text, text
+    # the accepted forms, and text that merely contains brackets, still work
+    canvas = make_canvas(tokenizer, 32, infill="a[b][MASK]c[MASK*2][MASK*10]")
+    assert (canvas == 259).sum() == 32 - 1 - 5 and bytes(canvas[1:5].tolist()) == b"a[b]"
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -124,6 +140,8 @@ def test_infill_keeps_the_context_and_fills_the_spans(runs):
         (["--steps", "ten"], "expects int"),
         (["--step", "3"], "no checkpoint at step 3"),
         (["--temprature", "1"], "unknown flag --temprature"),
+        (["--infill", "ab[MASK*]cd"], "--infill: '[MASK*]' is not a mask span"),
+        (["--infill", "ab[MASK*0]cd"], "--infill: '[MASK*0]' is not a mask span"),
     ],
 )
 def test_sample_py_bad_input_is_one_line(runs, capsys, args, message):
@@ -264,3 +282,101 @@ def test_sample_py_decodes_an_ar_run_and_keeps_its_prompt(runs):
 def test_sampler_settings_that_cannot_work_are_one_line(runs, capsys, args, message):
     assert _script("sample")(["--workdir", str(runs / "mdm")] + args + ["--progress=false"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["train", "sample", "evaluate"])
+def test_an_empty_workdir_or_one_that_is_a_file_is_one_line(tmp_path, capsys, monkeypatch, script):
+    monkeypatch.chdir(tmp_path)  # an empty workdir would have meant this directory
+    assert _script(script)(["--workdir="]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --workdir is empty: give the run's directory, e.g. --workdir runs/default"], err
+    assert list(tmp_path.iterdir()) == []
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    assert _script(script)(["--workdir", str(taken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --workdir {taken} is a file, not a run directory: give a directory (a new one for a new run)"]
+
+
+def test_a_workdir_below_a_file_is_one_line(tmp_path):
+    from mdm.errors import ConfigError
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match=r"^cannot create the workdir .*a_file/run \(.*\); give a writable directory$"):
+        run(tiny_config(), tmp_path / "a_file" / "run")
+
+
+@pytest.mark.parametrize("script", ["train", "sample", "evaluate", "mdm.plot"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_script_prints_its_help_and_exits_0(capsys, script, flag):
+    if script == "mdm.plot":
+        from mdm import plot
+
+        main, doc, flag_name = plot.main, plot.__doc__, "--workdirs="
+    else:
+        main = _script(script)
+        doc, flag_name = (ROOT / f"{script}.py").read_text().split('"""')[1], "--workdir=runs/default"
+    assert main(["--workdir", "x", flag] if script != "mdm.plot" else [flag]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith(doc.strip()[:60]) and "flags (default):" in out.out and flag_name in out.out
+    assert ("--config PATH" in out.out) == (script == "train") and out.err == ""
+
+
+def test_a_script_after_its_command_word_also_gives_help(capsys):
+    from scaling_laws import sweep
+
+    assert sweep.main(["--help"]) == 0 and sweep.__doc__.strip()[:40] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "script,target,message",
+    [
+        ("train", "mdm.loop.run", "interrupted: the last checkpoint is kept; run the same command to resume"),
+        ("sample", "mdm.trained.load_trained", "interrupted"),
+        ("evaluate", "mdm.trained.load_trained", "interrupted"),
+    ],
+)
+def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path, capsys, monkeypatch, script, target, message):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupt)
+    try:
+        rc = _script(script)(["--workdir", str(tmp_path / "run")])
+    except KeyboardInterrupt:  # escaping would stop pytest itself
+        pytest.fail("Ctrl-C escaped run_cli as a traceback")
+    assert rc == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
+def test_reading_a_live_run_falls_back_when_its_latest_step_vanishes(runs, tmp_path, monkeypatch, caplog):
+    """A training run may rotate away (or still be writing) the step sample.py/evaluate.py just
+    listed as the latest: load_trained lists again and reads the newest other step, once."""
+    import shutil
+
+    from mdm.checkpoint import Checkpointer, UnreadableCheckpoint
+
+    live = tmp_path / "live"
+    shutil.copytree(runs / "mdm", live)
+    shutil.copytree(live / "checkpoints" / "4", live / "checkpoints" / "2")  # an older finished step
+    original = Checkpointer.restore_config
+
+    def rotated_away(self, step):
+        if step == 4 and (live / "checkpoints" / "4").exists():
+            shutil.rmtree(live / "checkpoints" / "4")  # between listing and reading
+        return original(self, step)
+
+    monkeypatch.setattr(Checkpointer, "restore_config", rotated_away)
+    with caplog.at_level("WARNING", logger="mdm"):
+        trained = load_trained(live)
+    assert trained.step == 2
+    assert any("step 4 of" in r.getMessage() and "loading step 2, the latest now" in r.getMessage() for r in caplog.records)
+    # An explicit step is not replaced
+    shutil.copytree(live / "checkpoints" / "2", live / "checkpoints" / "4")
+    with pytest.raises(UnreadableCheckpoint):
+        load_trained(live, 4)
+    # No other step left: the error stands
+    shutil.copytree(live / "checkpoints" / "2", live / "checkpoints" / "4")
+    shutil.rmtree(live / "checkpoints" / "2")
+    with pytest.raises(UnreadableCheckpoint):
+        load_trained(live)

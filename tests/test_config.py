@@ -61,6 +61,15 @@ def test_overrides_are_parsed_with_the_type_of_the_default():
         (["--config.train.batch_size=30", "--config.train.grad_accum=4"], "batch_size=30 is not divisible"),
         (["--config.data.seq_len=1"], "data.seq_len=1 must be >= 2"),
         (["--config.data.source=text"], "needs --config.data.path"),
+        (["--config.data.path=corpus.txt"], "data.path='corpus.txt' is read only by data.source='text'"),
+        (
+            ["--config.data.source=synthetic", "--config.data.path=a.jsonl"],
+            "(this config has data.source='synthetic'): add --config.data.source=text or drop",
+        ),
+        (
+            ["--config.data.format=pairs", "--config.data.mode=pad", "--config.data.path=p.jsonl"],
+            "data.path='p.jsonl' is read only by data.source='text'",
+        ),
         (["--config.objective=gpt"], "objective='gpt'"),
         (["--config.diffusion.schedule=sqrt"], "diffusion.schedule='sqrt'"),
         (["--config.optim.warmup_steps=100000"], "warmup_steps=100000"),
@@ -126,6 +135,22 @@ def test_config_files_may_not_add_keys(tmp_path):
     )
     with pytest.raises(ConfigError, match="unknown config key 'model.depth'"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("    raise RuntimeError('no GPU\\nsecond line')", "get_config() raised RuntimeError: no GPU; fix the file"),
+        ("    return {}['model']", "get_config() raised KeyError: 'model'; fix the file"),
+        ("    return 3", "get_config() returned int, not a ConfigDict"),
+    ],
+)
+def test_an_exception_inside_get_config_is_one_line(tmp_path, body, message):
+    path = tmp_path / "broken.py"
+    path.write_text(f"def get_config():\n{body}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"config file {str(path)!r}: {message}"
 
 
 def test_base_config_declares_every_key_it_validates():

@@ -182,6 +182,19 @@ def test_hf_errors(tmp_path):
     assert "\n" not in str(bad.value)
 
 
+def test_hf_tokenizer_path_that_is_a_directory_asks_for_the_file(tmp_path, gpt2_style_path):
+    with pytest.raises(DataError) as err:
+        HFTokenizer(tmp_path)
+    text = str(err.value)
+    assert f"data.tokenizer={str(tmp_path)!r} is a directory: give the tokenizer.json file itself" in text
+    assert "\n" not in text and "e.g." not in text  # no tokenizer.json inside to point at
+    model_dir = tmp_path / "gpt2"
+    model_dir.mkdir()
+    (model_dir / "tokenizer.json").write_bytes(gpt2_style_path.read_bytes())
+    with pytest.raises(DataError, match=r"is a directory: .* \(e\.g\. --config\.data\.tokenizer=.*gpt2/tokenizer\.json\)"):
+        HFTokenizer(model_dir)
+
+
 # --- make_tokenizer -----------------------------------------------------------
 
 

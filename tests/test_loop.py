@@ -156,7 +156,7 @@ def test_default_config_short_run_lowers_validation_loss(tmp_path):
 
 
 def test_checkpoint_that_disagrees_with_the_config_is_a_clear_error(tmp_path):
-    run(tiny_config(**{"train.num_steps": 4}), tmp_path)
+    run(tiny_config(**{"train.num_steps": 8}), tmp_path, stop_at_step=5)  # killed after its step-4 checkpoint
     with pytest.raises(CheckpointError, match="model.d_model=32 .* model.d_model=64"):
         run(tiny_config(**{"train.num_steps": 8, "model.d_model": 64}), tmp_path)
     with pytest.raises(CheckpointError, match="data.source"):
@@ -179,6 +179,40 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_p
     failed_at = int(str(err.value).split(" at step ")[1].split()[0])
     assert all(s < failed_at for s in steps)
     assert (f"last good checkpoint is step {max(steps)}" if steps else "no checkpoint was written") in str(err.value)
+
+
+def test_resuming_with_another_num_steps_is_refused_as_the_learning_rate_would_jump(tmp_path):
+    """The cosine schedule is laid over train.num_steps: a finished 4-step run resumed to 8 steps
+    would go from the final lr back up to mid-schedule. Refused, naming both fixes; nothing is written."""
+    run(tiny_config(**{"train.num_steps": 4}), tmp_path)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    for steps in (8, 2):
+        with pytest.raises(CheckpointError) as err:
+            run(tiny_config(**{"train.num_steps": steps}), tmp_path)
+        assert str(err.value) == (
+            f"{tmp_path} was trained with train.num_steps=4 but the config has {steps}: resuming would make the cosine "
+            "learning rate jump to another schedule; keep --config.train.num_steps=4, or continue training from it "
+            f"in a new run: --workdir NEW_DIR --config.init.workdir={tmp_path}"
+        )
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    run(tiny_config(**{"train.num_steps": 4}), tmp_path)  # the same length still resumes (and is done)
+
+
+def test_the_non_finite_message_shows_the_values_as_they_are_and_fits_the_dtype():
+    from mdm.loop import _check_finite
+
+    metrics = {"loss": float("nan"), "grad_norm": float("inf"), "params_norm": 12.345678}
+    _check_finite(3, {"loss": 2.0, "grad_norm": 1.0, "params_norm": 5.0}, None)  # finite: nothing
+    with pytest.raises(TrainingError) as err:
+        _check_finite(7, metrics, 4, "float32")
+    assert str(err.value) == (
+        "non-finite loss and grad_norm at step 7 (loss nan, grad_norm inf, params_norm 12.3457); the last good "
+        "checkpoint is step 4. To fix: lower --config.optim.lr or raise --config.optim.warmup_steps"
+    )
+    with pytest.raises(TrainingError) as err:
+        _check_finite(7, {**metrics, "loss": float("-inf")}, None, "bfloat16")
+    assert "(loss -inf, grad_norm inf," in str(err.value) and "no checkpoint was written" in str(err.value)
+    assert str(err.value).endswith(", or compute in float32 (--config.model.dtype=float32 instead of bfloat16)")
 
 
 def test_missing_and_empty_data_are_clear_errors(tmp_path):
@@ -222,8 +256,7 @@ def test_a_second_run_on_a_busy_workdir_is_one_line(tmp_path):
 def test_a_damaged_latest_checkpoint_falls_back_to_the_intact_one(tmp_path, caplog):
     """Garbage in the newest step's arrays: the resume warns once, continues from the step
     before, sets the damaged step aside and ends where an undamaged run ends."""
-    run(tiny_config(**{"train.num_steps": 8, "train.checkpoint_every": 4}), tmp_path, stop_at_step=8)
-    run(tiny_config(**{"train.num_steps": 8, "train.checkpoint_every": 4}), tmp_path)  # saves step 8
+    run(tiny_config(**{"train.num_steps": 12, "train.checkpoint_every": 4}), tmp_path, stop_at_step=9)  # saves 4 and 8
     ckpts = tmp_path / "checkpoints"
     assert {p.name for p in ckpts.iterdir() if p.name.isdigit()} == {"4", "8"}
     for f in (ckpts / "8" / "state").rglob("*"):

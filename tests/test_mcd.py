@@ -8,7 +8,6 @@ import pathlib
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -234,11 +233,6 @@ def test_loss_runs_jitted_on_the_transformer_with_finite_gradients():
 
 def _config(**mcd_overrides):
     c = base_config()
-    with c.unlocked():
-        if "mcd" not in c:
-            c.mcd = mcd.config_section()
-        if "init" not in c:
-            c.init = ml_collections.ConfigDict({"workdir": ""})
     c.objective = "mcd"
     c.init.workdir = "runs/teacher"
     c.mcd.rounds, c.mcd.round_steps, c.mcd.teacher_steps = 2, 10, 64

@@ -103,3 +103,26 @@ def test_metrics_writer_works_without_tensorboardx(tmp_path, monkeypatch):
     writer.truncate_after(1)
     assert [r["step"] for r in metrics.read_metrics(tmp_path / "metrics.jsonl")] == [1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_metrics_lines_without_a_step_or_with_garbage_are_skipped_with_one_warning(tmp_path, caplog):
+    """A hand-edited or damaged metrics.jsonl neither breaks a resume (truncate_after) nor a read."""
+    from mdm import metrics
+
+    path = tmp_path / "metrics.jsonl"
+    writer = metrics.MetricsWriter(path, tensorboard=False)
+    writer.write(1, {"train/loss": 2.0})
+    with open(path, "ab") as f:
+        f.write(b'{"train/loss": 1.0}\n')  # no step
+        f.write(b"\x00\xff\xfe binary \x80 garbage\n")  # not UTF-8
+        f.write(b"[1, 2]\n")  # JSON, not a record
+        f.write(b'{"step": "3", "train/loss": 1.0}\n')  # a step that is not an integer
+    writer.write(2, {"train/loss": 1.5})
+    writer.write(3, {"train/loss": 1.2})
+    with caplog.at_level("WARNING", logger="mdm"):
+        assert [r["step"] for r in metrics.read_metrics(path)] == [1, 2, 3]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "skipped 4 line(s) that are not a record with a step (line 2, 3, 4, 5)" in warnings[0]
+    writer.truncate_after(2)  # a resume from step 2 drops step 3 and the unreadable lines
+    assert [r["step"] for r in metrics.read_metrics(path)] == [1, 2]
+    assert path.read_bytes().count(b"\n") == 2

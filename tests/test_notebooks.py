@@ -242,6 +242,21 @@ def test_tiny_default_config_is_configs_default():
     assert short.train.num_steps == 150 and short.train.checkpoint_every == 150 and short.train.eval_every == 50
 
 
+def test_notebook_helpers_refuse_a_zero_batch_size_or_zero_steps_in_one_line(tmp_path):
+    from mdm.trained import Trained
+
+    trained = Trained(build(tiny_config(**{"data.seq_len": 16})), None, None, 0, tmp_path)  # refused before any params are used
+    with pytest.raises(ConfigError) as err:
+        notebook.sample(trained, SamplerSettings("fhs"), num_samples=2, batch_size=0)
+    assert str(err.value) == "batch_size=0 must be >= 1 (the samples drawn per call)"
+    # num_steps=0 is blamed on itself, not replaced by the default length
+    with pytest.raises(ConfigError, match=r"^num_steps=0 must be >= 1$"):
+        notebook.train_tiny(tmp_path / "run", num_steps=0)
+    with pytest.raises(ConfigError, match=r"^num_steps=0 must be >= 1$"):
+        notebook.load_or_train("", train_steps=0, workdir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_fetch_copies_a_checkpoint_step_and_loads_the_same_params(tmp_path):
     run = tmp_path / "run"
     state = _saved_untrained(run, **{"data.seq_len": 16})

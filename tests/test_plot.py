@@ -134,6 +134,26 @@ def test_plot_cli_bad_input_is_one_line(tmp_path, capsys, args, message):
     assert err.startswith(message) and err.count("\n") == 1, err
 
 
+def test_plot_cli_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    _write_run(tmp_path / "run", 2.0, steps=10, tensorboard=False)
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"")
+    assert plot.main(["--workdirs", str(tmp_path / "run"), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {taken} is a file: give a directory for the PNGs, e.g. --out {tmp_path / 'plots'}\n"
+
+
+def test_plot_skips_metrics_lines_without_a_step_or_with_garbage(tmp_path):
+    written = _write_run(tmp_path / "run", 2.0, steps=10, tensorboard=False)
+    with open(tmp_path / "run" / "metrics.jsonl", "ab") as f:
+        f.write(b'{"eval/nats_per_token": 9.0}\n\xff\xfe\x00 garbage\n')
+    run = plot.load_run(tmp_path / "run")
+    assert run.records == written
+    steps, values = run.series("eval/nats_per_token")
+    assert steps.tolist() == [10] and values.tolist() == [written[-1]["eval/nats_per_token"]]
+    plot.curves_figure([run])
+
+
 def test_unmasking_figure_shows_the_reveal_steps_and_tokens(tmp_path):
     tok = ByteTokenizer()
     mask = tok.vocab_size

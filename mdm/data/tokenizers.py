@@ -179,6 +179,12 @@ class HFTokenizer(Tokenizer):
     def __init__(self, path: str | os.PathLike) -> None:
         path = os.fspath(path)
         fix = "set data.tokenizer to 'bytes' or to a HuggingFace tokenizer.json path"
+        if os.path.isdir(path):
+            inside = os.path.join(path, "tokenizer.json")
+            example = f" (e.g. --config.data.tokenizer={inside})" if os.path.isfile(inside) else ""
+            raise DataError(
+                f"data.tokenizer={path!r} is a directory: give the tokenizer.json file itself{example}, or 'bytes'"
+            )
         if not os.path.isfile(path):
             raise DataError(f"tokenizer file {path!r} does not exist: {fix}")
         try:
