@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import glob
-import json
 import os
 import textwrap
 
@@ -67,24 +66,17 @@ def jsonl_pairs(pattern: str, prompt_key: str, response_key: str, split: str, va
         raise DataError(f"no files match data.path={pattern!r}: set data.path to a glob of .jsonl prompt/response files")
     pairs = []
     for path in paths:
-        with open(path, "rb") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{number} is not valid JSON ({e.msg}): fix or remove that line") from e
-                fields = [record.get(k) if isinstance(record, dict) else None for k in (prompt_key, response_key)]
-                if not all(isinstance(v, str) for v in fields):
-                    raise DataError(
-                        f"{path}:{number} lacks the text fields {prompt_key!r} and {response_key!r}: "
-                        "set data.prompt_key / data.response_key to the fields holding them"
-                    )
-                if not fields[1].strip():
-                    raise DataError(f"{path}:{number} has an empty {response_key!r}: drop the line or give a response")
-                if sources.in_validation(line.strip(), val_percent) == (split == "validation"):
-                    pairs.append((fields[0], fields[1]))
+        for number, line, record in sources.jsonl_records(path):
+            fields = [record.get(k) if isinstance(record, dict) else None for k in (prompt_key, response_key)]
+            if not all(isinstance(v, str) for v in fields):
+                raise DataError(
+                    f"{path}:{number} lacks the text fields {prompt_key!r} and {response_key!r}: "
+                    "set data.prompt_key / data.response_key to the fields holding them"
+                )
+            if not fields[1].strip():
+                raise DataError(f"{path}:{number} has an empty {response_key!r}: drop the line or give a response")
+            if sources.in_validation(line, val_percent) == (split == "validation"):
+                pairs.append((fields[0], fields[1]))
     return pairs
 
 

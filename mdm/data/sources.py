@@ -61,21 +61,25 @@ def embedded_documents(split: str, val_percent: int) -> list[bytes]:
     return [f.read_bytes() for f in files if _keep(f.name.encode(), split, val_percent)]
 
 
-def _read_jsonl(path: str, text_key: str) -> list[Document]:
-    docs = []
+def jsonl_records(path: str):
+    """(line number, stripped line bytes, parsed value) of each non-empty line of a JSONL file;
+    a line that is not JSON is a one-line DataError naming the file and line."""
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield number, line.strip(), json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{number} is not valid JSON ({e.msg}): fix or remove that line") from e
-            if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
-                raise DataError(
-                    f"{path}:{number} has no text field {text_key!r}: set data.text_key to the field holding the text"
-                )
-            docs.append(record[text_key])
+
+
+def _read_jsonl(path: str, text_key: str) -> list[Document]:
+    docs = []
+    for number, _, record in jsonl_records(path):
+        if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
+            raise DataError(f"{path}:{number} has no text field {text_key!r}: set data.text_key to the field holding the text")
+        docs.append(record[text_key])
     return docs
 
 
