@@ -131,6 +131,11 @@ def _sample_metrics(flags: dict, config, trained, exp) -> dict:
         judge = load_trained(flags["evaluator"])
         if judge.experiment.objective.decoding != "autoregressive":
             raise CheckpointError(f"--evaluator {flags['evaluator']} is a {judge.config.objective} run; give an AR run")
+        if judge.experiment.tokenizer.vocab_size != tok.vocab_size:
+            raise CheckpointError(
+                f"--evaluator has vocabulary {judge.experiment.tokenizer.vocab_size} but the evaluated run has "
+                f"{tok.vocab_size}; train it on the same data.tokenizer"
+            )
         runs.check_compatible(
             config,
             judge.config,

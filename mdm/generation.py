@@ -99,6 +99,8 @@ def build_sampler(
     time_agnostic = not objective.model.cfg.time_conditioning
     if settings.cfg_scale > 0 and objective.decoding != "diffusion":
         raise ConfigError("--cfg_scale guides a masked diffusion model; an AR model decodes without it (use --cfg_scale 0)")
+    if settings.cfg_scale > 0 and not (np.asarray(canvas) != objective.mask_id).any():
+        raise ConfigError("--cfg_scale guides towards a prompt or infill context; this canvas has none: give --prompt/--infill")
 
     def sample(params, energy_params, keys_B, canvas_BxL):
         denoiser = objective.denoiser(params)

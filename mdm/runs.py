@@ -41,7 +41,7 @@ KEY_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "positions": ("model.rope_base",),
     "tokenizer": ("data.tokenizer", "data.synthetic_vocab"),
-    "data": ("data.source", "data.seq_len"),
+    "data": ("data.source", "data.seq_len", "data.format", "data.mode"),
     "length": ("data.seq_len",),
     "schedule": ("diffusion.schedule", "diffusion.eps", "diffusion.power"),
 }

@@ -22,6 +22,7 @@ from mdm.config import config_from_saved, validate
 from mdm.energy import EnergyModel
 from mdm.errors import CheckpointError, ConfigError
 from mdm.experiment import Experiment, abstract_params, abstract_state, build, sharded_abstract_state
+from mdm.objectives import objective_kind
 from mdm.sharding import DEFAULT_RULES
 
 log = logging.getLogger("mdm")
@@ -105,6 +106,18 @@ def _shapes(tree: Any) -> dict[str, tuple]:
     return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _check_kind(config, saved, where: str) -> None:
+    """A causal (AR) run starts only a causal run and a bidirectional one only a bidirectional
+    one: the same params would otherwise silently serve another attention pattern."""
+    mine, theirs = objective_kind(config.objective).causal, objective_kind(saved.objective).causal
+    if mine != theirs:
+        kind = lambda causal: "causal" if causal else "bidirectional"  # noqa: E731
+        raise ConfigError(
+            f"init.workdir={where!r} is a {kind(theirs)} objective={saved.objective!r} run but this "
+            f"objective={config.objective!r} run is {kind(mine)}; start from a run of the same kind"
+        )
+
+
 def init_params(exp: Experiment, init, mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
     """The params of the run `init.workdir` (checkpoint `init.step`, 0 = latest; EMA if
     `init.use_ema`), restored directly onto `mesh` when given, checked against the params that
@@ -112,6 +125,7 @@ def init_params(exp: Experiment, init, mesh: Mesh | None = None, rules: Sequence
     workdir = runs.as_path(init.workdir)
     missing = f"init.workdir={str(workdir)!r} holds no checkpoint; train that run first or fix the path"
     checkpointer, step, saved = _open(workdir, init.step or None, missing, "init.step")
+    _check_kind(exp.config, saved, str(workdir))
     exp.objective.check_source(exp.config, saved)
     source = build(saved)
     rng = jax.random.PRNGKey(0)
@@ -197,6 +211,13 @@ def load_energy(
             f"train the energy with --config.{key}={mdm_value!r}"
         ),
     )
+    from mdm.data import make_tokenizer
+
+    if objective.vocab_size != make_tokenizer(denoiser_config.data).vocab_size:
+        raise CheckpointError(
+            f"the energy run {workdir} has vocabulary {objective.vocab_size} but the MDM has "
+            f"{make_tokenizer(denoiser_config.data).vocab_size}; train it on the MDM's tokenizer"
+        )
     model = objective.model
     if kind == "ar":
         energy = make_ar_energy(model, params=trained.params, carry_over=carry_over)

@@ -238,6 +238,9 @@ def test_a_run_starts_from_another_runs_params(tmp_path):
     wider = tiny_config(**{"init.workdir": str(tmp_path / "source"), "model.d_model": 64})
     with pytest.raises(ConfigError, match="cannot start from"):
         run(wider, tmp_path / "wider")
+    causal = tiny_config(**{"init.workdir": str(tmp_path / "source"), "objective": "ar"})  # same shapes, other kind
+    with pytest.raises(ConfigError, match="is a bidirectional objective='mdm' run but this objective='ar' run is causal"):
+        run(causal, tmp_path / "causal")
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         run(tiny_config(**{"init.workdir": str(tmp_path / "nowhere")}), tmp_path / "x")
 

@@ -75,6 +75,18 @@ class NCEObjective(Objective):
     def likelihood(self) -> str:
         return "NCE loss of the energy (not a likelihood)"
 
+    def check_source(self, config, source_config) -> None:
+        if source_config.objective not in ("mdm", "mcd"):
+            raise ConfigError(
+                f"the NCE energy trains against a masked diffusion model; init.workdir holds an "
+                f"objective={source_config.objective!r} run: name an MDM run"
+            )
+
+    def counted(self, batch):
+        """One position per row: the NCE loss is a mean over sequences (weights micro-batches by rows)."""
+        tokens = batch["tokens"]
+        return jnp.zeros_like(tokens, bool).at[:, 0].set(True)
+
     def sampling_settings(self, settings, canvas_L):
         raise ConfigError(
             "this run trains an energy head, which cannot sample by itself; sample its MDM: "
