@@ -358,8 +358,8 @@ def test_energy_runs_that_disagree_with_the_mdm_are_one_line_errors(runs, capsys
     assert "is an objective='mdm' run, not 'ar'; pass an AR run (configs/ar.py)" in capsys.readouterr().err
     mdm_config = load_trained(runs / "mdm").config
     for key, value, message in [
-        ("seq_len", 32, "trained with seq_len 16 but the MDM samples 32; train it with --config.data.seq_len=32"),
-        ("synthetic_vocab", 6, "uses synthetic:8 but the MDM uses synthetic:6"),
+        ("seq_len", 32, "was trained with data.seq_len=16 but the MDM has 32; train the energy with --config.data.seq_len=32"),
+        ("synthetic_vocab", 6, "was trained with data.synthetic_vocab=8 but the MDM has 6"),
     ]:
         config = mdm_config.copy_and_resolve_references()
         config.data[key] = value
