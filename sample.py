@@ -51,7 +51,7 @@ RUN_FLAGS = {
 def check_energy_flags(flags: dict) -> None:
     """The edlm flags, checked before anything is loaded (one-line ConfigErrors)."""
     from mdm.errors import ConfigError
-    from mdm.samplers import EDLM_PRESETS
+    from mdm.cli import check_preset
     from mdm.samplers.importance import check_importance_settings
     from mdm.trained import check_energy_source
 
@@ -63,8 +63,7 @@ def check_energy_flags(flags: dict) -> None:
         check_importance_settings(flags["is_k"], flags["is_window"], flags["is_temp"])
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if flags["is_preset"] and flags["is_preset"] not in EDLM_PRESETS:
-        raise ConfigError(f"--is_preset={flags['is_preset']}: choose one of {', '.join(EDLM_PRESETS)}")
+    check_preset(flags["is_preset"])
     if flags["energy"]:
         check_energy_source(flags["energy"], flags["energy_workdir"])
 

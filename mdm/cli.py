@@ -244,6 +244,14 @@ def sampler_flags() -> dict[str, Any]:
     return {**flags, "is_preset": ""}
 
 
+def check_preset(preset: str) -> None:
+    """A one-line ConfigError unless `preset` ('' for none) names an EDLM importance preset."""
+    from mdm.samplers import EDLM_PRESETS
+
+    if preset and preset not in EDLM_PRESETS:
+        raise ConfigError(f"--is_preset={preset}: choose one of {', '.join(EDLM_PRESETS)}")
+
+
 def settings_from_flags(flags: dict[str, Any], seq_len: int):
     """The validated `SamplerSettings` of parsed `sampler_flags()`; ancestral, confidence and
     edlm default to seq_len steps. Problems are one-line ConfigErrors."""
@@ -255,8 +263,7 @@ def settings_from_flags(flags: dict[str, Any], seq_len: int):
         values["steps"] = seq_len
     preset = flags.get("is_preset", "")
     if preset:
-        if preset not in EDLM_PRESETS:
-            raise ConfigError(f"--is_preset={preset}: choose one of {', '.join(EDLM_PRESETS)}")
+        check_preset(preset)
         defaults = SamplerSettings()
         if (values["is_k"], values["is_window"]) != (defaults.is_k, defaults.is_window):
             raise ConfigError("give --is_preset or --is_k/--is_window, not both")

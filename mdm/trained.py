@@ -213,10 +213,11 @@ def load_energy(
     )
     from mdm.data import make_tokenizer
 
-    if objective.vocab_size != make_tokenizer(denoiser_config.data).vocab_size:
+    mdm_vocab = make_tokenizer(denoiser_config.data).vocab_size
+    if objective.vocab_size != mdm_vocab:
         raise CheckpointError(
-            f"the energy run {workdir} has vocabulary {objective.vocab_size} but the MDM has "
-            f"{make_tokenizer(denoiser_config.data).vocab_size}; train it on the MDM's tokenizer"
+            f"the energy run {workdir} has vocabulary {objective.vocab_size} but the MDM has {mdm_vocab}; "
+            "train it on the MDM's tokenizer"
         )
     model = objective.model
     if kind == "ar":
