@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every config key, with defaults suitable for a tiny CPU run."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.objective = "mdm"  # 'mdm' (masked diffusion ELBO), 'ar' (causal baseline), 'mcd' or 'edlm_nce' (need init.workdir)
+    c.objective = "mdm"  # 'mdm' (masked diffusion ELBO), 'ar' (causal baseline), 'bd3lm' (block diffusion), 'mcd' or 'edlm_nce' (need init.workdir)
 
     c.model = ml_collections.ConfigDict()
     c.model.num_layers = 4
@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.t_min = 1e-5  # training/eval times lie in [t_min, 1]
     c.diffusion.eval_t_samples = 8  # stratified times per sequence in evaluation
     c.diffusion.eval_estimator = "continuous"  # eval NELBO (a bound, eps ignored): 'continuous' (time) or 'count' (masked count)
+
+    c.block = ml_collections.ConfigDict()
+    c.block.size = 16  # objective 'bd3lm': tokens per block (divides data.seq_len; seq_len = MDM, 1 = AR)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "embedded"  # 'embedded', 'text', 'tfds' or 'synthetic'
@@ -244,6 +247,21 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
             f"data.format='pairs' fine-tunes objective 'mdm' or 'ar', not {c.objective!r}",
         )
     _require(data.seq_len >= 2, f"data.seq_len={data.seq_len} must be >= 2")
+    if c.objective == "bd3lm":
+        size = c.block.size
+        _require(
+            size >= 1 and data.seq_len % size == 0,
+            f"block.size={size} must divide data.seq_len={data.seq_len} (e.g. --config.block.size=16)",
+        )
+        _require(
+            data.mode == "pack" and data.format == "documents",
+            "objective='bd3lm' trains on packed documents: set --config.data.mode=pack --config.data.format=documents",
+        )
+        _require(
+            not c.model.time_conditioning,
+            "objective='bd3lm' needs a time-agnostic network (its K/V cache is exact only then): "
+            "set --config.model.time_conditioning=false",
+        )
     _require(0 <= data.val_percent < 100, f"data.val_percent={data.val_percent} must lie in [0, 100)")
 
 

@@ -22,7 +22,8 @@ from mdm.energy import EnergyModel
 from mdm.errors import ConfigError
 from mdm.objectives import Objective
 from mdm.process import Denoiser
-from mdm.samplers import SampleOutput, SamplerSettings, make_sampler
+from mdm.samplers import SampleOutput, SamplerSettings, block_sample, make_sampler
+from mdm.samplers.eos import sample_lengths, suppress_eos, trim_after_eos
 from mdm.samplers.guidance import guided_denoiser
 
 # (params, energy params or None, keys uint32[B, 2], canvas int32[B, L]) -> SampleOutput
@@ -82,17 +83,25 @@ def build_sampler(
     *,
     energy: EnergyModel | None = None,
     wrap: Callable[[Denoiser], Denoiser] = lambda d: d,
+    eos_id: int | None = None,
 ) -> tuple[SamplerSettings, SampleFn]:
     """(the settings the objective resolved, a pure sampling function) for `canvas` int32[L].
 
     wrap: applied to the objective's denoiser inside the function (e.g. a call recorder).
+    eos_id: the tokenizer's EOS, which `min_length` and `stop_at_eos` need.
     Every problem is a one-line ConfigError.
     """
     settings = objective.sampling_settings(settings, canvas)
     try:
-        settings.validate(canvas.shape[0])
+        settings.validate(objective.sampler_window(canvas.shape[0]))
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if (settings.min_length > 0 or settings.stop_at_eos) and eos_id is None:
+        raise ConfigError("--min_length and --stop_at_eos need the tokenizer's EOS id; this tokenizer has none (drop them)")
+    if settings.min_length >= canvas.shape[0]:
+        raise ConfigError(f"--min_length={settings.min_length} leaves no room for EOS in {canvas.shape[0]} positions; lower it")
+    if objective.decoding == "block":
+        return settings, _block_sampler(objective, settings, eos_id)
     use_energy = settings.sampler == "edlm"
     if use_energy and energy is None:
         raise ConfigError("--sampler edlm needs an energy: pass --energy ar|nce --energy_workdir DIR")
@@ -106,6 +115,9 @@ def build_sampler(
         denoiser = objective.denoiser(params)
         if settings.cfg_scale > 0:
             denoiser = guided_denoiser(denoiser, canvas_BxL != objective.mask_id, settings.cfg_scale, objective.mask_id)
+        if settings.min_length > 0:
+            positions_L = jnp.arange(canvas_BxL.shape[1])
+            denoiser = _suppressing(denoiser, positions_L, eos_id, settings.min_length)
         sampler = make_sampler(
             settings,
             mask=objective.mask_id,
@@ -113,9 +125,39 @@ def build_sampler(
             time_agnostic=time_agnostic,
             energy=energy.bind(energy_params) if use_energy else None,
         )
-        return sampler(wrap(denoiser), keys_B, canvas_BxL)
+        out = sampler(wrap(denoiser), keys_B, canvas_BxL)
+        if settings.stop_at_eos:
+            out = out._replace(tokens=trim_after_eos(out.tokens, canvas_BxL == objective.mask_id, eos_id, objective.pad_id))
+        return out
 
     return settings, sample
+
+
+def _suppressing(denoiser: Denoiser, positions_L: jax.Array, eos: int, min_length: int) -> Denoiser:
+    return lambda tokens, t: suppress_eos(denoiser(tokens, t), positions_L, eos, min_length)
+
+
+def _block_sampler(objective: Objective, settings: SamplerSettings, eos_id: int | None) -> SampleFn:
+    """Block decoding of a block diffusion objective: `settings.sampler` inside each block, the
+    exact K/V cache unless `settings.kv_cache` is off."""
+    inner = make_sampler(settings, mask=objective.mask_id, schedule=objective.sampler_schedule)
+
+    def sample(params, energy_params, keys_B, canvas_BxL):
+        del energy_params
+        return block_sample(
+            objective.block_denoiser(params, settings.kv_cache),
+            keys_B,
+            canvas_BxL,
+            block_size=objective.block_size,
+            mask=objective.mask_id,
+            inner=inner,
+            eos=eos_id,
+            pad=objective.pad_id,
+            stop_at_eos=settings.stop_at_eos,
+            min_length=settings.min_length,
+        )
+
+    return sample
 
 
 def row_keys(seed: int, start: int, num: int) -> jax.Array:
@@ -135,21 +177,24 @@ def generate(
     batch_size: int = 16,
     progress: bool = True,
     energy: EnergyModel | None = None,
+    eos_id: int | None = None,
 ) -> dict[str, Any]:
     """Draws `num_samples` completions of `canvas` int32[L]; returns tokens, NFE and timing.
 
-    energy: the energy of the 'edlm' sampler (ignored by the others). 'nfe' counts denoiser
-    calls and 'energy_nfe' energy passes, both per batch (an importance step adds K passes).
+    energy: the energy of the 'edlm' sampler (ignored by the others). eos_id: the tokenizer's
+    EOS (the length rules need it; with it, 'lengths' holds each sample's length). 'nfe' counts
+    denoiser calls and 'energy_nfe' energy passes, both per batch (an importance step adds K
+    passes); block decoding also gives 'row_nfe', the calls each sample needed.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1 (the samples drawn per call)")
     if num_samples < 0:
         raise ConfigError(f"num_samples={num_samples} must be >= 0")
     length = canvas.shape[0]
-    settings, sample = build_sampler(objective, settings, canvas, energy=energy)
+    settings, sample = build_sampler(objective, settings, canvas, energy=energy, eos_id=eos_id)
     fn = jax.jit(precision.under("sampling", sample))
     energy_params = energy.params if (energy is not None and settings.sampler == "edlm") else None
-    rows, nfe, energy_nfe, seconds = [], 0, 0, 0.0
+    rows, row_nfe, nfe, energy_nfe, seconds = [], [], 0, 0, 0.0
     for start in tqdm.trange(0, num_samples, batch_size, disable=not progress, desc="sampling", unit="batch"):
         n = min(batch_size, num_samples - start)
         canvas_b = jnp.broadcast_to(jnp.asarray(canvas), (n, length))
@@ -158,15 +203,23 @@ def generate(
         tokens = np.asarray(out.tokens)
         seconds += time.perf_counter() - t0
         rows.append(tokens)
+        row_nfe.append(np.asarray(getattr(out, "row_nfe", np.full((n,), int(out.nfe)))))
         nfe += int(out.nfe)
         energy_nfe += int(getattr(out, "energy_nfe", 0))
     tokens = np.concatenate(rows) if rows else np.zeros((0, length), np.int32)
-    generated = int((canvas == objective.mask_id).sum()) * num_samples
+    generated_L = canvas == objective.mask_id
+    lengths = (
+        np.asarray(sample_lengths(tokens, np.broadcast_to(generated_L, tokens.shape), eos_id))
+        if eos_id is not None
+        else np.full((len(tokens),), length)
+    )
     return {
         "settings": settings,
         "tokens": tokens,
+        "lengths": lengths,
+        "row_nfe": np.concatenate(row_nfe) if row_nfe else np.zeros((0,), np.int32),
         "nfe": nfe,
         "energy_nfe": energy_nfe,
         "seconds": seconds,
-        "tokens_per_s": generated / max(seconds, 1e-9),
+        "tokens_per_s": int(generated_L.sum()) * num_samples / max(seconds, 1e-9),
     }

@@ -8,7 +8,7 @@ the batch is split over devices or micro-batches.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,20 @@ from jax import Array
 # A denoiser maps (tokens int[B, L], t float[B]) to logits float[B, L, V] over the V real tokens;
 # a time-agnostic network ignores t. Samplers and likelihood bounds take one.
 Denoiser = Callable[[Array, Array], Array]
+
+
+class BlockDenoiser(NamedTuple):
+    """A block-autoregressive model as block decoding sees it. `context` is whatever the model
+    keeps about the finished blocks (an exact K/V cache, or the committed tokens themselves).
+
+    start(canvas int[B, L], first int32) -> context holding positions [0, first) of the canvas;
+    logits(block int[B, b], first int32, context) -> float[B, b, V] for the block at [first, first + b);
+    commit(block int[B, b], first int32, context) -> context holding that finished block too.
+    """
+
+    start: Callable[[Array, Array], Any]
+    logits: Callable[[Array, Array, Any], Array]
+    commit: Callable[[Array, Array, Any], Any]
 
 
 def mask_id(vocab_size: int) -> int:

@@ -7,8 +7,10 @@
 - 'splash': Pallas Splash attention (TPUs; sequence a multiple of 128), block-sparse: tiles the mask hides are skipped.
 'auto' (`choose`) picks cuDNN on NVIDIA GPUs, Splash on TPUs, chunked or XLA on CPUs.
 Padding is always a suffix of each row, given as per-row key lengths (int32[B]), never a dense mask: cuDNN gets
-`key_value_seq_lengths`, Splash segment ids. Which query sees which key is a `MaskSpec`: bidirectional, causal, or
-block-causal (query block i sees key blocks <= i). Shapes: B batch, L length, N heads, H head dim.
+`key_value_seq_lengths`, Splash segment ids. Which query sees which key is a `MaskSpec`: bidirectional, causal,
+block-causal (query block i sees key blocks <= i), or block diffusion's [x_t ; x_0] training layout.
+`attend_cached` is block decoding's attention: one block of queries over a preallocated K/V cache of the finished
+blocks plus the block itself. Shapes: B batch, L length, N heads, H head dim, C cache length, b block length.
 Why lengths and index-computed masks: docs/accelerators.md.
 """
 
@@ -40,14 +42,21 @@ class MaskSpec:
 
     `block_size` > 0 makes it block-causal: query q sees key k iff k // block_size <= q // block_size
     (block_size 1 is causal; block_size L is bidirectional).
+    `half` > 0 (with `block_size`) is block diffusion's vectorised training layout over 2 * half
+    positions: [x_t ; x_0], both copies at positions 0..half-1. A noisy query sees the noisy keys of
+    its own block and the clean keys of earlier blocks; a clean query sees clean keys of its block
+    and earlier ones (block-causal), never a noisy one.
     """
 
     causal: bool = False
     block_size: int = 0
+    half: int = 0
 
     def __post_init__(self):
         if self.causal and self.block_size:
             raise ValueError("MaskSpec: choose causal or block_size, not both")
+        if self.half and not self.block_size:
+            raise ValueError("MaskSpec: half (the [x_t ; x_0] layout) needs a block_size")
 
     @property
     def bidirectional(self) -> bool:
@@ -57,6 +66,11 @@ class MaskSpec:
         """Elementwise bool: may query q_idx see key k_idx (NumPy or JAX integer arrays)."""
         if self.causal:
             return k_idx <= q_idx
+        if self.half:
+            q_noisy, k_noisy = q_idx < self.half, k_idx < self.half
+            q_block, k_block = (q_idx % self.half) // self.block_size, (k_idx % self.half) // self.block_size
+            noisy_sees = (k_noisy & (k_block == q_block)) | (~k_noisy & (k_block < q_block))
+            return (q_noisy & noisy_sees) | (~q_noisy & ~k_noisy & (k_block <= q_block))
         if self.block_size:
             return k_idx // self.block_size <= q_idx // self.block_size
         return (q_idx >= 0) & (k_idx >= 0)
@@ -133,6 +147,19 @@ def attend(
     if implementation == "chunked":
         return _batch_chunked(functools.partial(_jax_attention, mask=mask, implementation="xla"), (q, k, v, kv_lengths_B), chunk)
     return _jax_attention(q, k, v, kv_lengths_B, mask=mask, implementation=implementation)
+
+
+def attend_cached(q: Array, k: Array, v: Array, k_cache: Array, v_cache: Array, cache_len: Array) -> Array:
+    """Attention of one block's queries [B, b, N, H] over the first `cache_len` (int32 scalar)
+    cached keys [B, C, N, H] and all b keys of the block itself (bidirectional within the block).
+
+    Exact: the same keys and values as the full-sequence pass, in another order (XLA path).
+    """
+    keys, values = jnp.concatenate([k_cache, k], axis=1), jnp.concatenate([v_cache, v], axis=1)
+    idx = jnp.arange(keys.shape[1])
+    visible = (idx < cache_len) | (idx >= k_cache.shape[1])
+    mask = jnp.broadcast_to(visible[None, None, None, :], (1, 1, q.shape[1], keys.shape[1]))
+    return jax.nn.dot_product_attention(q, keys, values, mask=mask, implementation="xla")
 
 
 def _jax_attention(q: Array, k: Array, v: Array, kv_lengths_B: Array | None, *, mask: MaskSpec, implementation: str) -> Array:

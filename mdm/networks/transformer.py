@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import Array
 
-from mdm.networks.attention import MaskSpec, attend
+from mdm.networks.attention import MaskSpec, attend, attend_cached
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # What a rematerialised block keeps for the backward pass: nothing ('full': recompute the whole
@@ -102,12 +103,30 @@ class Linear(nn.Module):
         return y.reshape(*lead, *self.features)
 
 
-def rope(x_BxLxNxH: Array, base: float) -> Array:
-    """Rotary position embedding (half-split convention) at positions 0..L-1."""
+class KVCache(NamedTuple):
+    """Keys and values of every layer at C positions, float[num_layers, B, C, N, H] each (block
+    decoding keeps the finished blocks here; only a prefix of the C slots is ever read)."""
+
+    k: Array
+    v: Array
+
+
+class Positions(NamedTuple):
+    """Where the input sits: rope positions int32[L], and for a block decoded against a
+    `KVCache`, the cache and how many of its slots are valid (arrays only: it passes remat)."""
+
+    index_L: Array | None = None  # None: 0..L-1
+    cache: KVCache | None = None
+    cache_len: Array | None = None  # int32 scalar
+
+
+def rope(x_BxLxNxH: Array, base: float, positions_L: Array | None = None) -> Array:
+    """Rotary position embedding (half-split convention) at `positions_L` (default 0..L-1)."""
     length, head_dim = x_BxLxNxH.shape[1], x_BxLxNxH.shape[3]
     half = head_dim // 2
     freq_h = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angle_LxH = jnp.arange(length, dtype=jnp.float32)[:, None] * freq_h[None, :]
+    pos_L = jnp.arange(length) if positions_L is None else positions_L
+    angle_LxH = pos_L.astype(jnp.float32)[:, None] * freq_h[None, :]
     sin, cos = jnp.sin(angle_LxH)[None, :, None, :], jnp.cos(angle_LxH)[None, :, None, :]
     x = x_BxLxNxH.astype(jnp.float32)
     x1, x2 = x[..., :half], x[..., half:]
@@ -121,19 +140,28 @@ def key_lengths(attention_mask_BxL: Array | None) -> Array | None:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection."""
+    """Multi-head self-attention with a fused QKV projection. Its keys and values (after RoPE)
+    are sown into the 'kv' collection, which block decoding reads to fill its cache."""
 
     cfg: TransformerConfig
+    mask: MaskSpec | None = None  # None: causal or bidirectional, as the config says
+    layer: int = 0
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, kv_lengths_B: Array | None) -> Array:
+    def __call__(self, x_BxLxD: Array, kv_lengths_B: Array | None, where: Positions) -> Array:
         cfg = self.cfg
         qkv = Linear(
             (3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "heads", "kv"), 1, cfg.compute_dtype, cfg.init_std, name="qkv"
         )(x_BxLxD)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q, k = rope(q, cfg.rope_base), rope(k, cfg.rope_base)
-        out_BxLxNxH = attend(q, k, v, kv_lengths_B, MaskSpec(causal=cfg.causal), cfg.attention, cfg.attention_chunk)
+        q, k = rope(q, cfg.rope_base, where.index_L), rope(k, cfg.rope_base, where.index_L)
+        self.sow("kv", "kv", (k, v))
+        if where.cache is not None:
+            cache = where.cache
+            out_BxLxNxH = attend_cached(q, k, v, cache.k[self.layer].astype(k.dtype), cache.v[self.layer].astype(v.dtype), where.cache_len)
+        else:
+            mask = self.mask or MaskSpec(causal=cfg.causal)
+            out_BxLxNxH = attend(q, k, v, kv_lengths_B, mask, cfg.attention, cfg.attention_chunk)
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         return Linear((cfg.d_model,), ("heads", "kv", "embed"), 2, cfg.compute_dtype, out_std, name="out")(out_BxLxNxH)
 
@@ -156,14 +184,16 @@ class Block(nn.Module):
     """Pre-norm residual block; with `cond_BxD` the norms are adaLN-zero modulated."""
 
     cfg: TransformerConfig
+    mask: MaskSpec | None = None
+    layer: int = 0
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, cond_BxD: Array | None, kv_lengths_B: Array | None) -> Array:
+    def __call__(self, x_BxLxD: Array, cond_BxD: Array | None, kv_lengths_B: Array | None, where: Positions) -> Array:
         cfg = self.cfg
         dt = cfg.compute_dtype
         if cond_BxD is None:
             h = RMSNorm(dt, name="attn_norm")(x_BxLxD)
-            x_BxLxD = x_BxLxD + Attention(cfg, name="attn")(h, kv_lengths_B)
+            x_BxLxD = x_BxLxD + Attention(cfg, self.mask, self.layer, name="attn")(h, kv_lengths_B, where)
             h = RMSNorm(dt, name="mlp_norm")(x_BxLxD)
             return x_BxLxD + SwiGLU(cfg, name="mlp")(h)
         mod = nn.Dense(
@@ -175,7 +205,7 @@ class Block(nn.Module):
         )(cond_BxD)[:, None, :]
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
         h = RMSNorm(dt, name="attn_norm")(x_BxLxD) * (1 + scale1) + shift1
-        x_BxLxD = x_BxLxD + gate1 * Attention(cfg, name="attn")(h, kv_lengths_B)
+        x_BxLxD = x_BxLxD + gate1 * Attention(cfg, self.mask, self.layer, name="attn")(h, kv_lengths_B, where)
         h = RMSNorm(dt, name="mlp_norm")(x_BxLxD) * (1 + scale2) + shift2
         return x_BxLxD + gate2 * SwiGLU(cfg, name="mlp")(h)
 
@@ -210,7 +240,8 @@ def project(x_BxLxD: Array, head_DxV: Array, dtype) -> Array:
 class Transformer(nn.Module):
     """tokens int[B, L] (ids 0..V, V = mask) [, t float[B]] -> logits float32[B, L, V].
 
-    With `return_hidden=True` it returns the final (normed, modulated) hidden states
+    `where` (a `Positions`) places the input elsewhere than 0..L-1 or decodes one block against a
+    K/V cache; `mask` replaces the config's causal/bidirectional mask (block diffusion's layouts). With `return_hidden=True` it returns the final (normed, modulated) hidden states
     [B, L, D] in the compute dtype instead, for losses that apply the head in chunks
     (`output_head` gives the head from the params).
     """
@@ -229,6 +260,8 @@ class Transformer(nn.Module):
         t_B: Array | None = None,
         attention_mask_BxL: Array | None = None,
         return_hidden: bool = False,
+        where: Positions = Positions(),
+        mask: MaskSpec | None = None,
     ) -> Array:
         cfg = self.cfg
         dt = cfg.compute_dtype
@@ -258,7 +291,7 @@ class Transformer(nn.Module):
         block_cls = Block if policy is None else nn.remat(Block, policy=policy)
         kv_lengths_B = key_lengths(attention_mask_BxL)
         for i in range(cfg.num_layers):
-            x_BxLxD = block_cls(cfg, name=f"block_{i}")(x_BxLxD, cond_BxD, kv_lengths_B)
+            x_BxLxD = block_cls(cfg, mask, i, name=f"block_{i}")(x_BxLxD, cond_BxD, kv_lengths_B, where)
             x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed_act"))
 
         x_BxLxD = RMSNorm(dt, name="final_norm")(x_BxLxD)

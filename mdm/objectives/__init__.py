@@ -11,7 +11,7 @@ from typing import Callable
 
 from mdm.errors import ConfigError
 from mdm.networks import Transformer
-from mdm.objectives import ar, mcd, mdm, nce
+from mdm.objectives import ar, bd3lm, mcd, mdm, nce
 from mdm.objectives.ar import AutoregressiveObjective
 from mdm.objectives.base import EVAL_SUM_KEYS, Objective
 from mdm.objectives.mdm import MaskedDiffusionObjective
@@ -28,12 +28,14 @@ class ObjectiveKind:
 
 
 # The masked-diffusion ELBO, its AR twin, masked consistency distillation of a trained MDM
-# (config section mcd.*), and the EDLM energy head trained by NCE against a frozen MDM (nce.*).
+# (config section mcd.*), the EDLM energy head trained by NCE against a frozen MDM (nce.*), and block
+# diffusion (block.*), autoregressive over blocks and masked diffusion within each.
 REGISTRY: dict[str, ObjectiveKind] = {
     "mdm": ObjectiveKind(mdm.from_config),
     "ar": ObjectiveKind(ar.from_config, causal=True),
     "mcd": ObjectiveKind(mcd.from_config, needs_init=True),
     nce.NAME: ObjectiveKind(nce.from_config, needs_init=True),
+    bd3lm.NAME: ObjectiveKind(bd3lm.from_config),
 }
 OBJECTIVES = tuple(REGISTRY)
 

@@ -69,7 +69,8 @@ class Objective(abc.ABC):
     """A model, its special ids and the per-token byte lengths used for bits/byte."""
 
     # How the model generates text: 'diffusion' (the masked-diffusion samplers), 'autoregressive'
-    # (left to right) or '' (it does not: an energy head).
+    # (left to right), 'block' (block by block, a sampler inside each: `block_denoiser`) or ''
+    # (it does not: an energy head).
     decoding: ClassVar[str] = "diffusion"
 
     model: Transformer
@@ -104,6 +105,10 @@ class Objective(abc.ABC):
         one-line ConfigError when it cannot sample that way."""
         del canvas_L
         return settings
+
+    def sampler_window(self, canvas_len: int) -> int:
+        """Positions one within-canvas sampler run covers: the canvas, or one block (block decoding)."""
+        return canvas_len
 
     @property
     def preferred_sampler(self) -> dict | None:

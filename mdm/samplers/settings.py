@@ -28,8 +28,8 @@ EDLM_PRESETS = {"speed": {"is_k": 2, "is_window": 0.2}, "quality": {"is_k": 2, "
 class SamplerSettings:
     """Everything that decides a sample besides the model, the canvas and the seed.
 
-    steps: ancestral/edlm grid steps / confidence calls; for 'fhs', None = exact (one token per
-    call), or a call budget (k = ceil(n / steps_left) tokens per call). tokens_per_step: fixed k
+    steps: ancestral/edlm grid steps / confidence calls (per block in block decoding); for 'fhs',
+    None = exact (one token per call), or a call budget (k = ceil(n / steps_left) tokens per call). tokens_per_step: fixed k
     for fhs. is_k, is_window, is_temp: EDLM's candidates K per step, window w (importance
     sampling at t >= 1 - w; 0.2 is the speed preset, 1 the quality preset) and energy temperature.
     """
@@ -50,6 +50,9 @@ class SamplerSettings:
     is_window: float = 0.2
     is_temp: float = 1.0
     cfg_scale: float = 0.0  # SMDM's unsupervised classifier-free guidance w (0: none)
+    kv_cache: bool = True  # block decoding: the exact K/V cache of finished blocks (false: recompute every call)
+    min_length: int = 0  # no EOS at canvas positions below this
+    stop_at_eos: bool = False  # PAD after the first generated EOS; block decoding also stops the row there
 
     def validate(self, seq_len: int) -> None:
         """Raises ValueError naming the bad setting and its allowed values."""
@@ -78,6 +81,8 @@ class SamplerSettings:
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"top_k={self.top_k} must be >= 0 and top_p={self.top_p} in (0, 1]")
         check_importance_settings(self.is_k, self.is_window, self.is_temp)
+        if self.min_length < 0:
+            raise ValueError(f"min_length={self.min_length} must be >= 0 (0: EOS allowed anywhere)")
         if not self.cfg_scale >= 0:
             raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0 (0: no guidance; SMDM uses 0.5 to 2)")
 
