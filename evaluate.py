@@ -113,6 +113,7 @@ def _sample_metrics(flags: dict, config, trained, exp) -> dict:
         seed=flags["seed"],
         batch_size=flags["batch_size"],
         progress=flags["progress"],
+        eos_id=exp.tokenizer.eos_id,
     )
     tokens = out["tokens"]
     record.update(

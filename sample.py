@@ -5,13 +5,19 @@
         [--temperature T] [--top_k K] [--top_p P] [--categorical exact|gumbel_f32|gumbel_high]
         [--tokens_per_step K] [--grid uniform|cosine] [--cache true|false]
         [--order top_prob|margin|entropy] [--block_length N] [--step N] [--params ema|raw]
-        [--output FILE]
+        [--min_length N] [--stop_at_eos true|false] [--kv_cache true|false] [--output FILE]
     python sample.py --workdir runs/default --sampler edlm --energy ar|nce --energy_workdir DIR2
         [--is_k K] [--is_window W] [--is_temp T] [--is_preset speed|quality] [--ar_carry_over true|false]
 
 Prints the decoded samples and appends them, with every setting that decided them, to
 WORKDIR/samples.jsonl (or --output). --steps 0 means the sampler's default: exact FHS (one
 token per call) or seq_len steps for ancestral/confidence/edlm.
+
+A block diffusion run (objective bd3lm) decodes block by block with the sampler inside each block
+(--steps then counts per block) and the exact K/V cache of finished blocks (--kv_cache false
+recomputes everything: same samples, slower). --stop_at_eos ends a sample at its first EOS (PAD
+after it; block decoding stops the row), --min_length N forbids EOS before position N. Each line
+of samples.jsonl records the sample's length, its NFE and the stop rule.
 
 --sampler edlm is EDLM's importance sampler: in the window t >= 1 - W it draws K candidates per
 row from the MDM, scores them with the energy (--energy ar: the carry-over AR energy of the AR
@@ -113,6 +119,7 @@ def _run(argv: list[str]) -> None:
         batch_size=flags["batch_size"],
         progress=flags["progress"],
         energy=energy,
+        eos_id=tokenizer.eos_id,
     )
     output = pathlib.Path(flags["output"] or pathlib.Path(flags["workdir"]) / "samples.jsonl")
     record_base = {
@@ -128,13 +135,15 @@ def _run(argv: list[str]) -> None:
         "energy_nfe_total": out["energy_nfe"],
         **energy_record,
         "tokens_per_s": out["tokens_per_s"],
+        "stop_rule": out["settings"].stop_rule,
         "mdm_version": mdm.__version__,
     }
     with open(output, "a") as f:
         for i, row in enumerate(out["tokens"]):
             text = tokenizer.decode(row)
             print(f"--- sample {i} ---\n{text}")
-            f.write(json.dumps({**record_base, "index": i, "text": text, "tokens": row.tolist()}) + "\n")
+            extra = {"length": int(out["lengths"][i]), "nfe": int(out["row_nfe"][i])}
+            f.write(json.dumps({**record_base, "index": i, **extra, "text": text, "tokens": row.tolist()}) + "\n")
     energy_note = f", energy NFE {out['energy_nfe']} ({energy_record['energy']})" if energy is not None else ""
     print(
         f"{flags['num_samples']} samples, NFE {out['nfe']}{energy_note}, {out['tokens_per_s']:,.0f} tokens/s -> {output}",

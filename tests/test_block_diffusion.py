@@ -203,28 +203,29 @@ def _joint(seed=0):
     return np.random.default_rng(seed).dirichlet(np.full(V_TOY**L_TOY, 0.8))
 
 
-def _oracle(probs) -> BlockDenoiser:
+def _oracle(probs, block_size=BS_TOY) -> BlockDenoiser:
     """The exact block conditionals of `probs` over V^L: the context is the committed tokens."""
     seqs, p = jnp.asarray(SEQS), jnp.asarray(probs, jnp.float32)
 
     def logits(block, first, committed):
         x = jax.lax.dynamic_update_slice_in_dim(committed, block, first, axis=1)
         pos = jnp.arange(L_TOY)
-        seen = (pos < first + BS_TOY)[None, :] & (x != MASK_TOY)  # the prefix and the block's unmasked tokens
+        seen = (pos < first + block_size)[None, :] & (x != MASK_TOY)  # the prefix and the block's unmasked tokens
         ok = jnp.all(~seen[:, None, :] | (x[:, None, :] == seqs[None]), -1)  # [B, S]
         onehot = (seqs[..., None] == jnp.arange(V_TOY)[None, None, :]).astype(jnp.float32)
         mu = jnp.einsum("bs,slv->blv", ok * p[None], onehot)
-        return jax.lax.dynamic_slice_in_dim(jnp.log(mu / mu.sum(-1, keepdims=True)), first, BS_TOY, axis=1)
+        return jax.lax.dynamic_slice_in_dim(jnp.log(mu / mu.sum(-1, keepdims=True)), first, block_size, axis=1)
 
     commit = lambda block, first, committed: jax.lax.dynamic_update_slice_in_dim(committed, block, first, axis=1)  # noqa: E731
     return BlockDenoiser(lambda canvas, first: canvas, logits, commit)
 
 
-def _draw(probs, canvas_row, n, settings=SamplerSettings("fhs"), seed=0, **kw):
+def _draw(probs, canvas_row, n, settings=SamplerSettings("fhs"), seed=0, block_size=BS_TOY, **kw):
     inner = make_sampler(settings, mask=MASK_TOY, schedule=make_schedule("linear"))
     canvas = jnp.broadcast_to(jnp.asarray(canvas_row, jnp.int32), (n, L_TOY))
     keys = jax.random.split(jax.random.PRNGKey(seed), n)
-    fn = jax.jit(lambda k, c: block_sample(_oracle(probs), k, c, block_size=BS_TOY, mask=MASK_TOY, inner=inner, **kw))
+    oracle = _oracle(probs, block_size)
+    fn = jax.jit(lambda k, c: block_sample(oracle, k, c, block_size=block_size, mask=MASK_TOY, inner=inner, **kw))
     return fn(keys, canvas)
 
 
@@ -281,12 +282,50 @@ def test_stopping_at_eos_keeps_the_law_of_the_trimmed_sample():
     assert int(out.nfe) == 1 + 2 * (BS_TOY + 1)
 
 
-def test_min_length_suppresses_eos_and_draws_the_conditional_law():
-    probs = _joint(3)
-    keep = ~np.any(SEQS[:, :2] == EOS_TOY, -1)
-    cond = {tuple(s): p / probs[keep].sum() for s, p in zip(SEQS[keep], probs[keep])}
-    out = _draw(probs, [MASK_TOY] * L_TOY, 4000, eos=EOS_TOY, min_length=2, pad=PAD)
-    assert _pvalue(np.asarray(out.tokens), cond) > 1e-3
+def test_min_length_renormalises_each_early_conditional_without_eos():
+    """Suppressing EOS changes the model's conditionals, it does not condition the joint: with
+    block size 1 (left to right) the law is prod_l p(x_l | x_<l), renormalised without EOS at
+    l < min_length (computed here by enumeration)."""
+    probs, m = _joint(3), 2
+    law = {}
+    for seq in SEQS:
+        q = 1.0
+        for pos in range(L_TOY):
+            prefix = np.all(SEQS[:, :pos] == seq[:pos], -1)
+            cond = np.array([probs[prefix & (SEQS[:, pos] == v)].sum() for v in range(V_TOY)])
+            if pos < m:
+                cond[EOS_TOY] = 0.0
+            q *= cond[seq[pos]] / cond.sum()
+        law[tuple(seq)] = q
+    out = _draw(probs, [MASK_TOY] * L_TOY, 4000, block_size=1, eos=EOS_TOY, min_length=m, pad=PAD)
+    tokens = np.asarray(out.tokens)
+    assert not (tokens[:, :m] == EOS_TOY).any()
+    assert _pvalue(tokens, law) > 1e-3
+
+
+def test_full_sequence_samplers_take_the_same_eos_rules():
+    """An MDM oracle through generation.build_sampler: trimming after EOS gives the law of the
+    trimmed sample; min_length keeps EOS out of the early positions (which it often takes otherwise)."""
+    from mdm.generation import build_sampler
+    from oracles import JointOracleModel
+
+    probs = _joint(5)
+    obj = MaskedDiffusionObjective(
+        model=JointOracleModel(probs, L_TOY, V_TOY), pad_id=PAD, token_bytes=(1,) * V_TOY, schedule=make_schedule("linear")
+    )
+    canvas = np.full((L_TOY,), MASK_TOY, np.int32)
+    n = 6000
+    keys = jax.random.split(jax.random.PRNGKey(0), n)
+    batch = jnp.broadcast_to(jnp.asarray(canvas), (n, L_TOY))
+    _, trim = build_sampler(obj, SamplerSettings("fhs", stop_at_eos=True), canvas, eos_id=EOS_TOY)
+    law: dict = {}
+    for seq, p in zip(SEQS, probs):
+        law[_trim(seq)] = law.get(_trim(seq), 0.0) + p
+    assert _pvalue(np.asarray(jax.jit(trim)(None, None, keys, batch).tokens), law) > 1e-3
+    _, plain = build_sampler(obj, SamplerSettings("fhs"), canvas, eos_id=EOS_TOY)
+    _, late = build_sampler(obj, SamplerSettings("fhs", min_length=3), canvas, eos_id=EOS_TOY)
+    assert (np.asarray(jax.jit(plain)(None, None, keys[:500], batch[:500]).tokens)[:, :3] == EOS_TOY).any()
+    assert not (np.asarray(jax.jit(late)(None, None, keys[:500], batch[:500]).tokens)[:, :3] == EOS_TOY).any()
 
 
 def test_a_row_is_the_same_alone_or_batched():
@@ -341,3 +380,15 @@ def test_block_decoding_refuses_what_it_cannot_do_exactly():
     tc = Transformer(TransformerConfig(vocab_size=VOCAB, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, time_conditioning=True))
     with pytest.raises(ConfigError, match="no exact K/V cache"):
         build_sampler(_bd3lm(tc, 4), SamplerSettings("fhs"), canvas)
+
+
+def test_tokenizers_with_shared_special_ids_are_refused():
+    from types import SimpleNamespace
+
+    from mdm.data.tokenizers import check_special_ids
+
+    check_special_ids(SimpleNamespace(bos_id=256, eos_id=257, pad_id=258, vocab_size=259))
+    with pytest.raises(ConfigError, match="must be distinct"):
+        check_special_ids(SimpleNamespace(bos_id=256, eos_id=257, pad_id=257, vocab_size=259))
+    with pytest.raises(ConfigError, match="below the vocabulary"):
+        check_special_ids(SimpleNamespace(bos_id=256, eos_id=257, pad_id=259, vocab_size=259))

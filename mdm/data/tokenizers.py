@@ -212,9 +212,26 @@ class HFTokenizer(Tokenizer):
 
 
 def make_tokenizer(data_cfg: Any) -> Tokenizer:
-    """The tokenizer a data config asks for (`source`, `tokenizer`, `synthetic_vocab`)."""
+    """The tokenizer a data config asks for (`source`, `tokenizer`, `synthetic_vocab`), its
+    special ids checked (`check_special_ids`)."""
     if data_cfg.source == "synthetic":
-        return SymbolTokenizer(data_cfg.synthetic_vocab)
-    if data_cfg.tokenizer == "bytes":
-        return ByteTokenizer()
-    return HFTokenizer(data_cfg.tokenizer)
+        tok: Tokenizer = SymbolTokenizer(data_cfg.synthetic_vocab)
+    elif data_cfg.tokenizer == "bytes":
+        tok = ByteTokenizer()
+    else:
+        tok = HFTokenizer(data_cfg.tokenizer)
+    check_special_ids(tok)
+    return tok
+
+
+def check_special_ids(tok: Tokenizer) -> None:
+    """A one-line ConfigError unless BOS, EOS and PAD are distinct ids below vocab_size (the mask
+    id is vocab_size, so none of them can be it): a shared id would make PAD stop samples, or
+    EOS vanish into padding."""
+    specials = {"BOS": tok.bos_id, "EOS": tok.eos_id, "PAD": tok.pad_id}
+    if len(set(specials.values())) < 3 or max(specials.values()) >= tok.vocab_size or min(specials.values()) < 0:
+        named = ", ".join(f"{k}={v}" for k, v in specials.items())
+        raise ConfigError(
+            f"the tokenizer's special ids ({named}, mask={tok.vocab_size}) must be distinct and below the vocabulary "
+            f"size {tok.vocab_size}; give BOS, EOS and PAD their own tokens in the tokenizer file"
+        )

@@ -87,6 +87,12 @@ class SamplerSettings:
             raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 0 (0: no guidance; SMDM uses 0.5 to 2)")
 
     @property
+    def stop_rule(self) -> str:
+        """How a sample's length is decided, in words (recorded beside samples)."""
+        rule = "first EOS (PAD after it)" if self.stop_at_eos else "fixed length"
+        return rule + (f", no EOS before position {self.min_length}" if self.min_length else "")
+
+    @property
     def token_draw(self) -> TokenSampling:
         return TokenSampling(self.temperature, self.top_k, self.top_p, self.categorical)
 
