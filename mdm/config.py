@@ -23,7 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
     """Every config key, with defaults suitable for a tiny CPU run."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.objective = "mdm"  # 'mdm' (masked diffusion ELBO), 'ar' (causal baseline), 'bd3lm' (block diffusion), 'mcd' or 'edlm_nce' (need init.workdir)
+    # 'mdm' (masked diffusion ELBO), 'ar' (causal baseline), 'bd3lm' (block diffusion), 'mcd' or 'edlm_nce' (need init.workdir)
+    c.objective = "mdm"
 
     c.model = ml_collections.ConfigDict()
     c.model.num_layers = 4

@@ -137,7 +137,9 @@ def test_training_and_evaluation_estimators_are_unbiased_for_fixed_logits(block_
     want = float(s.alpha(jnp.float32(obj.t_min)) - s.alpha(jnp.float32(1.0))) * nll.sum() / L
     se = float(np.std(np.asarray(losses)) / np.sqrt(len(losses)))
     assert abs(float(np.mean(losses)) - want) < 4 * se + 1e-6 * want, (float(np.mean(losses)), want, se)
-    evals = jax.jit(jax.vmap(lambda k: obj.eval_sums(None, {"tokens": tokens}, k)["nats"] / B))(jax.random.split(jax.random.PRNGKey(1), 200))
+    evals = jax.jit(jax.vmap(lambda k: obj.eval_sums(None, {"tokens": tokens}, k)["nats"] / B))(
+        jax.random.split(jax.random.PRNGKey(1), 200)
+    )
     se = float(np.std(np.asarray(evals)) / np.sqrt(len(evals)))
     assert abs(float(np.mean(evals)) - nll.sum()) < 4 * se + 1e-6 * nll.sum()
     assert se > 0 or block_size == 1  # the count form is random unless every block is one token
@@ -189,7 +191,14 @@ def test_cached_logits_equal_full_recomputation_at_every_block_and_step(block_si
 def test_block_decoding_needs_a_block_multiple():
     obj = _bd3lm(_model()[0], 4)
     with pytest.raises(ValueError, match="not a multiple of the block size"):
-        block_sample(obj.block_denoiser(None), jnp.zeros((1, 2), jnp.uint32), jnp.zeros((1, 6), jnp.int32), block_size=4, mask=VOCAB, inner=None)
+        block_sample(
+            obj.block_denoiser(None),
+            jnp.zeros((1, 2), jnp.uint32),
+            jnp.zeros((1, 6), jnp.int32),
+            block_size=4,
+            mask=VOCAB,
+            inner=None,
+        )
 
 
 # ---- the law of block decoding on an enumerable toy ---------------------------------------------------
@@ -335,8 +344,15 @@ def test_a_row_is_the_same_alone_or_batched():
     inner = make_sampler(SamplerSettings("fhs"), mask=MASK_TOY, schedule=make_schedule("linear"))
     for r in range(5):
         alone = block_sample(
-            _oracle(probs), keys[r : r + 1], jnp.full((1, L_TOY), MASK_TOY, jnp.int32),
-            block_size=BS_TOY, mask=MASK_TOY, inner=inner, stop_at_eos=True, eos=EOS_TOY, pad=PAD,
+            _oracle(probs),
+            keys[r : r + 1],
+            jnp.full((1, L_TOY), MASK_TOY, jnp.int32),
+            block_size=BS_TOY,
+            mask=MASK_TOY,
+            inner=inner,
+            stop_at_eos=True,
+            eos=EOS_TOY,
+            pad=PAD,
         )
         np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(batched.tokens)[r])
         assert int(alone.row_nfe[0]) == int(batched.row_nfe[r])
@@ -377,7 +393,9 @@ def test_block_decoding_refuses_what_it_cannot_do_exactly():
         build_sampler(obj, SamplerSettings("autoregressive"), canvas)
     with pytest.raises(ConfigError, match="EOS id"):
         build_sampler(obj, SamplerSettings("fhs", stop_at_eos=True), canvas)
-    tc = Transformer(TransformerConfig(vocab_size=VOCAB, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, time_conditioning=True))
+    tc = Transformer(
+        TransformerConfig(vocab_size=VOCAB, num_layers=1, d_model=16, num_heads=2, mlp_dim=32, time_conditioning=True)
+    )
     with pytest.raises(ConfigError, match="no exact K/V cache"):
         build_sampler(_bd3lm(tc, 4), SamplerSettings("fhs"), canvas)
 

@@ -207,9 +207,7 @@ def _batch_chunked(fn, args: tuple, chunk: int) -> Array:
     return out.swapaxes(0, 1).reshape(q.shape)
 
 
-def splash_attention(
-    q: Array, k: Array, v: Array, kv_lengths_B: Array | None, mask: MaskSpec, interpret: bool = False
-) -> Array:
+def splash_attention(q: Array, k: Array, v: Array, kv_lengths_B: Array | None, mask: MaskSpec, interpret: bool = False) -> Array:
     """Pallas Splash attention over [B, L, N, H] (L a multiple of 128); `interpret=True` runs the
     kernel on any backend (slowly), which is how CPU tests check it. Padding becomes segment ids
     (real tokens 1, the padding suffix 0): padded queries see only padding, real ones never do."""

@@ -158,7 +158,9 @@ class Attention(nn.Module):
         self.sow("kv", "kv", (k, v))
         if where.cache is not None:
             cache = where.cache
-            out_BxLxNxH = attend_cached(q, k, v, cache.k[self.layer].astype(k.dtype), cache.v[self.layer].astype(v.dtype), where.cache_len)
+            out_BxLxNxH = attend_cached(
+                q, k, v, cache.k[self.layer].astype(k.dtype), cache.v[self.layer].astype(v.dtype), where.cache_len
+            )
         else:
             mask = self.mask or MaskSpec(causal=cfg.causal)
             out_BxLxNxH = attend(q, k, v, kv_lengths_B, mask, cfg.attention, cfg.attention_chunk)
@@ -241,7 +243,8 @@ class Transformer(nn.Module):
     """tokens int[B, L] (ids 0..V, V = mask) [, t float[B]] -> logits float32[B, L, V].
 
     `where` (a `Positions`) places the input elsewhere than 0..L-1 or decodes one block against a
-    K/V cache; `mask` replaces the config's causal/bidirectional mask (block diffusion's layouts). With `return_hidden=True` it returns the final (normed, modulated) hidden states
+    K/V cache; `mask` replaces the config's causal/bidirectional mask (block diffusion's layouts).
+    With `return_hidden=True` it returns the final (normed, modulated) hidden states
     [B, L, D] in the compute dtype instead, for losses that apply the head in chunks
     (`output_head` gives the head from the params).
     """
