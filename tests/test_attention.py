@@ -11,7 +11,12 @@ from mdm.networks import attention
 from mdm.networks.attention import MaskSpec, attend, choose, splash_attention
 
 B, L, N, H = 2, 128, 2, 16
-MASKS = {"bidirectional": MaskSpec(), "causal": MaskSpec(causal=True), "block32": MaskSpec(block_size=32)}
+MASKS = {
+    "bidirectional": MaskSpec(),
+    "causal": MaskSpec(causal=True),
+    "block32": MaskSpec(block_size=32),
+    "bd3lm16": MaskSpec(block_size=16, half=L // 2),  # [x_t ; x_0] of two 64-token halves
+}
 
 
 def _inputs(seed=0):
@@ -25,6 +30,11 @@ def _reference(q, k, v, lengths, mask: MaskSpec) -> np.ndarray:
     idx = np.arange(L)
     if mask.causal:
         allowed = idx[None, :] <= idx[:, None]
+    elif mask.half:  # noisy queries: own noisy block + earlier clean blocks; clean queries: block-causal clean
+        half, blk = mask.half, (idx % mask.half) // mask.block_size
+        noisy_q, noisy_k = idx[:, None] < half, idx[None, :] < half
+        same, earlier = blk[None, :] == blk[:, None], blk[None, :] < blk[:, None]
+        allowed = np.where(noisy_q, (noisy_k & same) | (~noisy_k & earlier), ~noisy_k & (same | earlier))
     elif mask.block_size:
         allowed = idx[None, :] // mask.block_size <= idx[:, None] // mask.block_size
     else:
@@ -54,6 +64,8 @@ IMPLS = ["xla", "chunked", "splash"] + (["cudnn"] if attention.platform() == "gp
 @pytest.mark.parametrize("padded", [False, True])
 def test_every_path_equals_the_reference_in_values_and_gradients(impl, mask_name, padded):
     mask = MASKS[mask_name]
+    if mask.half and padded:
+        pytest.skip("block diffusion's [x_t ; x_0] layout never has padding")
     q, k, v = _inputs()
     lengths = jnp.asarray([L, 77], jnp.int32) if padded else None
     real = np.arange(L)[None, :] < (np.asarray(lengths)[:, None] if padded else L)  # rows that count
@@ -70,10 +82,14 @@ def test_every_path_equals_the_reference_in_values_and_gradients(impl, mask_name
     weights = jnp.asarray(np.random.default_rng(1).normal(size=(B, L, N, H)), jnp.float32) * real[..., None, None]
 
     def loss(impl_, q_, k_, v_):
-        return (_run(impl_, *cast(q_, k_, v_), lengths, mask).astype(jnp.float32) * weights).sum()
+        if impl_ == "dense":  # the reference: jax.nn.dot_product_attention with the dense mask
+            out_ = attention._jax_attention(q_, k_, v_, lengths, mask=mask, implementation="xla")
+        else:
+            out_ = _run(impl_, *cast(q_, k_, v_), lengths, mask)
+        return (out_.astype(jnp.float32) * weights).sum()
 
     got = jax.jit(jax.grad(lambda *a: loss(impl, *a), argnums=(0, 1, 2)))(q, k, v)
-    ref = jax.jit(jax.grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2)))(q, k, v)
+    ref = jax.jit(jax.grad(lambda *a: loss("dense", *a), argnums=(0, 1, 2)))(q, k, v)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(r, np.float64), atol=10 * tol)
 
