@@ -66,7 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.format = "documents"  # 'documents' (plain text) or 'pairs' (prompt/response, for fine-tuning; mode 'pad')
     c.data.prompt_key = "prompt"  # format 'pairs' from JSONL (source 'text'): the prompt's field ...
     c.data.response_key = "response"  # ... and the response's
-    c.data.supervise_padding = False  # format 'pairs': train on the padding after EOS too (the model learns to stop)
+    # mode 'pad': model the padding after EOS too (the model learns to stop; the MDM's NELBO then bounds -log p(x)
+    # with its length, like for like with the AR twin, instead of -log p(x | length))
+    c.data.supervise_padding = False
     c.data.val_percent = 5
     c.data.synthetic_vocab = 8
     c.data.synthetic_seed = 0
@@ -247,6 +249,10 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
             c.objective in ("mdm", "ar"),
             f"data.format='pairs' fine-tunes objective 'mdm' or 'ar', not {c.objective!r}",
         )
+    _require(
+        not data.supervise_padding or data.mode == "pad",
+        "data.supervise_padding=true models the padding of pad mode: set --config.data.mode=pad (packed rows have none)",
+    )
     _require(data.seq_len >= 2, f"data.seq_len={data.seq_len} must be >= 2")
     if c.objective == "bd3lm":
         size = c.block.size

@@ -148,7 +148,7 @@ class Attention(nn.Module):
     layer: int = 0
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, kv_lengths_B: Array | None, where: Positions) -> Array:
+    def __call__(self, x_BxLxD: Array, kv_lengths_B: Array | None, where: Positions = Positions()) -> Array:
         cfg = self.cfg
         qkv = Linear(
             (3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "heads", "kv"), 1, cfg.compute_dtype, cfg.init_std, name="qkv"
@@ -190,7 +190,9 @@ class Block(nn.Module):
     layer: int = 0
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, cond_BxD: Array | None, kv_lengths_B: Array | None, where: Positions) -> Array:
+    def __call__(
+        self, x_BxLxD: Array, cond_BxD: Array | None, kv_lengths_B: Array | None, where: Positions = Positions()
+    ) -> Array:
         cfg = self.cfg
         dt = cfg.compute_dtype
         if cond_BxD is None:

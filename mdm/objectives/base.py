@@ -78,7 +78,7 @@ class Objective(abc.ABC):
     token_bytes: tuple[int, ...]
     mask_padding: bool = False
     pairs: bool = False  # batches are prompt/response pairs (data.format='pairs'): likelihoods are conditional
-    supervise_padding: bool = False  # prompt/response batches: the padding after EOS is modelled too
+    supervise_padding: bool = False  # pad mode: the padding after EOS is modelled too (the length is part of x)
     loss_chunk: int = 0  # positions per chunk of the head in `token_nll` (0: auto)
 
     @property
@@ -135,11 +135,14 @@ class Objective(abc.ABC):
 
     def positions(self, batch: dict[str, Array]) -> tuple[Array, Array | None]:
         """(modelled bool[B, L]: what the loss covers, visible bool[B, L] or None: the keys
-        attention reads). Plain batches model every real token; prompt/response batches (with
-        'segments') model the response and its EOS only, never the prompt, and the padding only
-        with `supervise_padding` (which also leaves it visible)."""
+        attention reads). Plain batches model every real token, and with `supervise_padding` (pad
+        mode) the padding too, every position visible; prompt/response batches (with 'segments')
+        model the response and its EOS only, never the prompt, and the padding only with
+        `supervise_padding` (which also leaves it visible)."""
         tokens = batch["tokens"]
         if "segments" not in batch:
+            if self.supervise_padding:  # pad mode with the padding modelled: the length is part of x
+                return jnp.ones(tokens.shape, bool), None
             return self.real_tokens(tokens), self.attention_mask(tokens)
         segments = batch["segments"]
         if self.supervise_padding:

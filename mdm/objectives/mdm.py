@@ -54,10 +54,12 @@ class MaskedDiffusionObjective(Objective):
     def likelihood(self) -> str:
         # In pad mode the attention mask, built from the clean tokens, shows the denoiser each
         # row's length at every t: the NELBO then bounds -log p(x | length), and an AR twin
-        # (which pays for EOS) is not compared like for like.
+        # (which pays for EOS) is not compared like for like. With data.supervise_padding the
+        # padding is masked and predicted like any token and nothing is hidden: -log p(x).
         if self.pairs:
             return "upper bound on -log p(response | prompt" + (")" if self.supervise_padding else ", length)")
-        return "upper bound on -log p(x | length)" if self.mask_padding else "upper bound on -log p(x)"
+        given_length = self.mask_padding and not self.supervise_padding
+        return "upper bound on -log p(x | length)" if given_length else "upper bound on -log p(x)"
 
     @property
     def sampling_schedule(self) -> Schedule:
