@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_layers = 4
     c.model.d_model = 256
     c.model.num_heads = 4
+    c.model.num_kv_heads = 0  # key/value heads of grouped-query attention (0: num_heads; must divide it)
     c.model.mlp_dim = 704
     c.model.tie_embeddings = True
     c.model.time_conditioning = False  # adaLN-zero on t; MDMs are time-agnostic by default
@@ -39,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention = "auto"  # 'auto' (cuDNN on NVIDIA GPUs, Splash on TPUs, chunked/XLA on CPUs), xla, chunked, cudnn, splash
     c.model.attention_chunk = 0  # >0: sequences per chunk of the chunked attention ('auto' uses it on CPUs)
     c.model.init_std = 0.02
+    c.model.norm_eps = 1e-6  # RMSNorm epsilon (LLaMA checkpoints use 1e-5 or 1e-6)
     c.model.loss_chunk = 0  # positions per chunk of the output head in losses (0: auto, about 2^27 logits a chunk)
 
     c.diffusion = ml_collections.ConfigDict()
@@ -189,6 +191,11 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
     m = c.model
     for key in ("num_layers", "d_model", "num_heads", "mlp_dim"):
         _require(m[key] >= 1, f"model.{key}={m[key]} must be >= 1")
+    _require(
+        m.num_kv_heads >= 0 and (m.num_kv_heads == 0 or m.num_heads % m.num_kv_heads == 0),
+        f"model.num_kv_heads={m.num_kv_heads} must divide model.num_heads={m.num_heads} (0: as many as query heads)",
+    )
+    _require(m.norm_eps > 0, f"model.norm_eps={m.norm_eps} must be > 0")
     _require(m.d_model % m.num_heads == 0, f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}")
     _require((m.d_model // m.num_heads) % 2 == 0, f"head dim d_model/num_heads={m.d_model // m.num_heads} must be even for RoPE")
     _require(

@@ -28,7 +28,8 @@ def matmul_params(cfg: TransformerConfig) -> int:
     """N_mm: weights in per-token matmuls (attention, MLP, output head; no norms, no embedding lookup,
     no adaLN, which acts once per sequence)."""
     d, f = cfg.d_model, cfg.mlp_dim
-    per_layer = 4 * d * d + 3 * d * f
+    kv = 2 * d * cfg.kv_heads * cfg.head_dim  # K and V projections (grouped-query attention shrinks them)
+    per_layer = 2 * d * d + kv + 3 * d * f
     return cfg.num_layers * per_layer + d * cfg.vocab_size
 
 

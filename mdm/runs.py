@@ -35,6 +35,8 @@ KEY_GROUPS: dict[str, tuple[str, ...]] = {
         "model.num_layers",
         "model.d_model",
         "model.num_heads",
+        "model.num_kv_heads",
+        "model.norm_eps",
         "model.mlp_dim",
         "model.tie_embeddings",
         "model.time_conditioning",

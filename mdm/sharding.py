@@ -32,6 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("adaln", "tensor"),
     ("energy", "tensor"),  # mdm.energy.network: hidden width of the combiner, projection and readout

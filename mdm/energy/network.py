@@ -73,7 +73,7 @@ class EnergyNetwork(nn.Module):
         for i in range(cfg.num_layers):
             x_BxLxD = block_cls(cfg, name=f"block_{i}")(x_BxLxD, None, kv_lengths_B)
             x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed_act"))
-        x_BxLxD = RMSNorm(dt, name="final_norm")(x_BxLxD)
+        x_BxLxD = RMSNorm(dt, cfg.norm_eps, name="final_norm")(x_BxLxD)
         # init_std 0: the zero-initialised projection (E starts constant across candidates).
         h_BxLxD = Linear((cfg.d_model,), ("embed", "energy"), 1, dt, 0.0, name="energy_proj")(x_BxLxD).astype(jnp.float32)
 

@@ -43,6 +43,7 @@ class TransformerConfig:
     num_layers: int = 4
     d_model: int = 256
     num_heads: int = 4
+    num_kv_heads: int = 0  # key/value heads (grouped-query attention; 0: num_heads)
     mlp_dim: int = 704
     causal: bool = False
     tie_embeddings: bool = True
@@ -51,12 +52,17 @@ class TransformerConfig:
     dtype: str = "float32"
     remat: str = "none"  # a key of REMAT_POLICIES
     init_std: float = 0.02
+    norm_eps: float = 1e-6  # RMSNorm's epsilon
     attention: str = "xla"  # an implementation of mdm.networks.attention (already resolved, never 'auto')
     attention_chunk: int = 0  # sequences per chunk of the 'chunked' attention
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
 
     @property
     def compute_dtype(self):
@@ -71,12 +77,13 @@ class RMSNorm(nn.Module):
     """RMSNorm with a learned per-channel scale; statistics in float32."""
 
     dtype: jnp.dtype = jnp.float32
+    eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x_BxLxD: Array) -> Array:
         scale = self.param("scale", _param(nn.initializers.ones, ("norm",)), (x_BxLxD.shape[-1],))
         x = x_BxLxD.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
         return (x * scale[None, None, :]).astype(self.dtype)
 
 
@@ -140,8 +147,10 @@ def key_lengths(attention_mask_BxL: Array | None) -> Array | None:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection. Its keys and values (after RoPE)
-    are sown into the 'kv' collection, which block decoding reads to fill its cache."""
+    """Multi-head self-attention: a fused QKV projection, or with grouped-query attention
+    (kv_heads < num_heads) a Q projection and a fused KV one, each K/V head shared by
+    num_heads / kv_heads query heads. Its keys and values (after RoPE, one per query head) are
+    sown into the 'kv' collection, which block decoding reads to fill its cache."""
 
     cfg: TransformerConfig
     mask: MaskSpec | None = None  # None: causal or bidirectional, as the config says
@@ -150,12 +159,17 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD: Array, kv_lengths_B: Array | None, where: Positions = Positions()) -> Array:
         cfg = self.cfg
-        qkv = Linear(
-            (3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "heads", "kv"), 1, cfg.compute_dtype, cfg.init_std, name="qkv"
-        )(x_BxLxD)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        dt, std = cfg.compute_dtype, cfg.init_std
+        if cfg.kv_heads == cfg.num_heads:
+            qkv = Linear((3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "heads", "kv"), 1, dt, std, name="qkv")(x_BxLxD)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            q = Linear((cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"), 1, dt, std, name="q")(x_BxLxD)
+            kv = Linear((2, cfg.kv_heads, cfg.head_dim), ("embed", "qkv", "kv_heads", "kv"), 1, dt, std, name="kv")(x_BxLxD)
+            group = cfg.num_heads // cfg.kv_heads  # query heads per K/V head
+            k, v = (jnp.repeat(kv[:, :, i], group, axis=2) for i in (0, 1))
         q, k = rope(q, cfg.rope_base, where.index_L), rope(k, cfg.rope_base, where.index_L)
-        self.sow("kv", "kv", (k, v))
+        self.sow("kv", "keys_values", (k, v))
         if where.cache is not None:
             cache = where.cache
             out_BxLxNxH = attend_cached(
@@ -196,9 +210,9 @@ class Block(nn.Module):
         cfg = self.cfg
         dt = cfg.compute_dtype
         if cond_BxD is None:
-            h = RMSNorm(dt, name="attn_norm")(x_BxLxD)
+            h = RMSNorm(dt, cfg.norm_eps, name="attn_norm")(x_BxLxD)
             x_BxLxD = x_BxLxD + Attention(cfg, self.mask, self.layer, name="attn")(h, kv_lengths_B, where)
-            h = RMSNorm(dt, name="mlp_norm")(x_BxLxD)
+            h = RMSNorm(dt, cfg.norm_eps, name="mlp_norm")(x_BxLxD)
             return x_BxLxD + SwiGLU(cfg, name="mlp")(h)
         mod = nn.Dense(
             6 * cfg.d_model,
@@ -208,9 +222,9 @@ class Block(nn.Module):
             name="adaln",
         )(cond_BxD)[:, None, :]
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
-        h = RMSNorm(dt, name="attn_norm")(x_BxLxD) * (1 + scale1) + shift1
+        h = RMSNorm(dt, cfg.norm_eps, name="attn_norm")(x_BxLxD) * (1 + scale1) + shift1
         x_BxLxD = x_BxLxD + gate1 * Attention(cfg, self.mask, self.layer, name="attn")(h, kv_lengths_B, where)
-        h = RMSNorm(dt, name="mlp_norm")(x_BxLxD) * (1 + scale2) + shift2
+        h = RMSNorm(dt, cfg.norm_eps, name="mlp_norm")(x_BxLxD) * (1 + scale2) + shift2
         return x_BxLxD + gate2 * SwiGLU(cfg, name="mlp")(h)
 
 
@@ -299,7 +313,7 @@ class Transformer(nn.Module):
             x_BxLxD = block_cls(cfg, mask, i, name=f"block_{i}")(x_BxLxD, cond_BxD, kv_lengths_B, where)
             x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed_act"))
 
-        x_BxLxD = RMSNorm(dt, name="final_norm")(x_BxLxD)
+        x_BxLxD = RMSNorm(dt, cfg.norm_eps, name="final_norm")(x_BxLxD)
         if cond_BxD is not None:
             mod = nn.Dense(
                 2 * cfg.d_model,

@@ -182,7 +182,7 @@ class BlockDiffusionObjective(Objective):
             return BlockDenoiser(start=lambda canvas, first: canvas, logits=logits_full, commit=commit_tokens)
 
         def layer_kv(state) -> KVCache:
-            kv = [state["kv"][f"block_{i}"]["attn"]["kv"][0] for i in range(cfg.num_layers)]
+            kv = [state["kv"][f"block_{i}"]["attn"]["keys_values"][0] for i in range(cfg.num_layers)]
             return KVCache(jnp.stack([k for k, _ in kv]), jnp.stack([v for _, v in kv]))
 
         def prefill(canvas_BxL, first):
