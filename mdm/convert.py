@@ -153,15 +153,14 @@ def hf_to_params(cfg: dict[str, Any], tensors: dict[str, np.ndarray], vocab_size
 
 def params_to_hf(params: dict[str, Any], model: dict[str, Any], vocab_size: int) -> dict[str, np.ndarray]:
     """LLaMA tensors (float32) from the backbone's params (the mask row of the embedding dropped)."""
-    p = {k: v for k, v in params.items()}
     d, n = model["d_model"], model["num_heads"]
     h = d // n
     out = {
-        "model.embed_tokens.weight": np.asarray(p["embedding"])[:vocab_size],
-        "model.norm.weight": np.asarray(p["final_norm"]["scale"]),
+        "model.embed_tokens.weight": np.asarray(params["embedding"])[:vocab_size],
+        "model.norm.weight": np.asarray(params["final_norm"]["scale"]),
     }
     for i in range(model["num_layers"]):
-        b, pre = p[f"block_{i}"], f"model.layers.{i}."
+        b, pre = params[f"block_{i}"], f"model.layers.{i}."
         attn = b["attn"]
         if "qkv" in attn:
             qkv = np.asarray(attn["qkv"]["kernel"])
@@ -180,7 +179,7 @@ def params_to_hf(params: dict[str, Any], model: dict[str, Any], vocab_size: int)
         out[pre + "input_layernorm.weight"] = np.asarray(b["attn_norm"]["scale"])
         out[pre + "post_attention_layernorm.weight"] = np.asarray(b["mlp_norm"]["scale"])
     if not model["tie_embeddings"]:
-        out["lm_head.weight"] = np.asarray(p["head"]["kernel"]).T
+        out["lm_head.weight"] = np.asarray(params["head"]["kernel"]).T
     return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
 
 

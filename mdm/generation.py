@@ -23,7 +23,7 @@ from mdm.errors import ConfigError
 from mdm.objectives import Objective
 from mdm.process import Denoiser
 from mdm.samplers import SampleOutput, SamplerSettings, block_sample, make_sampler
-from mdm.samplers.eos import sample_lengths, suppress_eos, trim_after_eos
+from mdm.samplers.eos import sample_lengths, suppressing_eos, trim_after_eos
 from mdm.samplers.guidance import guided_denoiser
 
 # (params, energy params or None, keys uint32[B, 2], canvas int32[B, L]) -> SampleOutput
@@ -116,8 +116,7 @@ def build_sampler(
         if settings.cfg_scale > 0:
             denoiser = guided_denoiser(denoiser, canvas_BxL != objective.mask_id, settings.cfg_scale, objective.mask_id)
         if settings.min_length > 0:
-            positions_L = jnp.arange(canvas_BxL.shape[1])
-            denoiser = _suppressing(denoiser, positions_L, eos_id, settings.min_length)
+            denoiser = suppressing_eos(denoiser, jnp.arange(canvas_BxL.shape[1]), eos_id, settings.min_length)
         sampler = make_sampler(
             settings,
             mask=objective.mask_id,
@@ -131,10 +130,6 @@ def build_sampler(
         return out
 
     return settings, sample
-
-
-def _suppressing(denoiser: Denoiser, positions_L: jax.Array, eos: int, min_length: int) -> Denoiser:
-    return lambda tokens, t: suppress_eos(denoiser(tokens, t), positions_L, eos, min_length)
 
 
 def _block_sampler(objective: Objective, settings: SamplerSettings, eos_id: int | None) -> SampleFn:

@@ -291,6 +291,16 @@ def test_stopping_at_eos_keeps_the_law_of_the_trimmed_sample():
     assert int(out.nfe) == 1 + 2 * (BS_TOY + 1)
 
 
+def test_when_every_row_stops_in_its_first_block_the_loop_ends_there():
+    """EOS forced at position 0 in every row: the loop exits after one block (no call for the
+    others) and each row is EOS then PAD only."""
+    probs = np.where(SEQS[:, 0] == EOS_TOY, 1.0, 0.0)
+    out = _draw(probs / probs.sum(), [MASK_TOY] * L_TOY, 32, stop_at_eos=True, eos=EOS_TOY, pad=PAD)
+    tokens = np.asarray(out.tokens)
+    assert (tokens[:, 0] == EOS_TOY).all() and (tokens[:, 1:] == PAD).all()
+    assert int(out.nfe) == 1 + BS_TOY + 1 and (np.asarray(out.row_nfe) == 1 + BS_TOY + 1).all()
+
+
 def test_min_length_renormalises_each_early_conditional_without_eos():
     """Suppressing EOS changes the model's conditionals, it does not condition the joint: with
     block size 1 (left to right) the law is prod_l p(x_l | x_<l), renormalised without EOS at

@@ -21,7 +21,7 @@ from jax import Array
 
 from mdm.process import BlockDenoiser
 from mdm.samplers.base import SampleOutput
-from mdm.samplers.eos import suppress_eos, trim_after_eos
+from mdm.samplers.eos import suppressing_eos, trim_after_eos
 
 # (denoiser, keys uint32[B, 2], block int[B, b]) -> SampleOutput: a full-sequence sampler run on one block
 InnerSampler = Callable[..., SampleOutput]
@@ -76,9 +76,10 @@ def block_sample(
 
         def denoiser(block_Bxb, t_B):
             del t_B  # the network is time-agnostic
-            logits = model.logits(block_Bxb, first, context)
-            return logits if eos is None else suppress_eos(logits, first + offsets_b, eos, min_length)
+            return model.logits(block_Bxb, first, context)
 
+        if eos is not None:
+            denoiser = suppressing_eos(denoiser, first + offsets_b, eos, min_length)
         out = inner(denoiser, jax.vmap(lambda k: jax.random.fold_in(k, j))(keys_B), block)
         context = model.commit(out.tokens, first, context)
         calls = out.nfe + 1

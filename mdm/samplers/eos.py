@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
+from mdm.process import Denoiser
+
 
 def suppress_eos(logits_BxLxV: Array, positions_L: Array, eos: int, min_length: int) -> Array:
     """The logits with EOS impossible at positions < `min_length` (positions_L: canvas index of each column)."""
@@ -18,6 +20,11 @@ def suppress_eos(logits_BxLxV: Array, positions_L: Array, eos: int, min_length: 
         return logits_BxLxV
     early_L = positions_L < min_length
     return logits_BxLxV.at[..., eos].set(jnp.where(early_L[None, :], -jnp.inf, logits_BxLxV[..., eos]))
+
+
+def suppressing_eos(denoiser: Denoiser, positions_L: Array, eos: int, min_length: int) -> Denoiser:
+    """`denoiser` with `suppress_eos` applied to its logits (positions_L: canvas index of each column)."""
+    return lambda tokens, t: suppress_eos(denoiser(tokens, t), positions_L, eos, min_length)
 
 
 def sample_lengths(tokens_BxL: Array, generated_BxL: Array, eos: int) -> Array:
