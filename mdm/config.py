@@ -50,13 +50,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.t_min = 1e-5  # training/eval times lie in [t_min, 1]
     c.diffusion.eval_t_samples = 8  # stratified times per sequence in evaluation
     c.diffusion.eval_estimator = "continuous"  # eval NELBO (a bound, eps ignored): 'continuous' (time) or 'count' (masked count)
+    c.diffusion.shift = False  # AR adaptation: output i predicts token i from inputs shifted right (the AR head reused)
+    c.diffusion.anneal_steps = 0  # AR adaptation: training attention causal -> bidirectional over this many steps
 
     c.block = ml_collections.ConfigDict()
     c.block.size = 16  # objective 'bd3lm': tokens per block (divides data.seq_len; seq_len = MDM, 1 = AR)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "embedded"  # 'embedded', 'text', 'tfds' or 'synthetic'
-    c.data.path = ""  # glob of .txt/.jsonl files for source='text'
+    c.data.source = "embedded"  # 'embedded', 'text', 'tfds', 'synthetic' or 'tokens' (python -m mdm.data.prepare)
+    c.data.path = ""  # source='text': glob of .txt/.jsonl/.parquet files; source='tokens': the prepared directory
+    c.data.read_threads = 2  # threads making batches ahead of the training step (0: in the training thread)
+    c.data.prefetch = 4  # batches made ahead
     c.data.text_key = "text"
     c.data.tfds_name = ""
     c.data.tfds_data_dir = ""
@@ -229,19 +233,32 @@ def _validate_diffusion(c: ml_collections.ConfigDict) -> None:
         d.eval_estimator in ("continuous", "count"),
         f"diffusion.eval_estimator={d.eval_estimator!r}: choose 'continuous' or 'count'",
     )
+    _require(d.anneal_steps >= 0, f"diffusion.anneal_steps={d.anneal_steps} must be >= 0 (0: bidirectional from the start)")
+    _require(
+        c.objective == "mdm" or not (d.shift or d.anneal_steps),
+        f"diffusion.shift and diffusion.anneal_steps adapt an AR model into objective='mdm', not {c.objective!r}",
+    )
 
 
 def _validate_data(c: ml_collections.ConfigDict) -> None:
     data = c.data
     _require(
-        data.source in ("embedded", "text", "tfds", "synthetic"),
-        f"data.source={data.source!r}: choose embedded, text, tfds or synthetic",
+        data.source in ("embedded", "text", "tfds", "synthetic", "tokens"),
+        f"data.source={data.source!r}: choose embedded, text, tfds, synthetic or tokens",
     )
     _require(data.source != "text" or bool(data.path), "data.source='text' needs --config.data.path='corpus/*.txt'")
     _require(
-        data.source == "text" or not data.path,
-        f"data.path={data.path!r} is read only by data.source='text' (this config has data.source={data.source!r}): "
+        data.source != "tokens" or bool(data.path),
+        "data.source='tokens' needs --config.data.path=DIR, a directory made by python -m mdm.data.prepare",
+    )
+    _require(
+        data.source in ("text", "tokens") or not data.path,
+        f"data.path={data.path!r} is read only by data.source='text' or 'tokens' (this config has data.source={data.source!r}): "
         "add --config.data.source=text or drop --config.data.path",
+    )
+    _require(
+        data.read_threads >= 0 and data.prefetch >= 0,
+        f"data.read_threads={data.read_threads} and data.prefetch={data.prefetch} must be >= 0",
     )
     _require(data.source != "tfds" or bool(data.tfds_name), "data.source='tfds' needs --config.data.tfds_name=NAME (e.g. lm1b)")
     _require(data.mode in ("pack", "pad"), f"data.mode={data.mode!r}: choose 'pack' or 'pad'")

@@ -16,6 +16,7 @@ import numpy as np
 from mdm.data import MarkovLanguage
 from mdm.errors import ConfigError
 from mdm.objectives import AutoregressiveObjective
+from mdm.objectives.base import shift_right
 from mdm import precision
 
 
@@ -54,7 +55,7 @@ def generative_perplexity(
 
     def nll_and_count(p, x):
         needed = evaluator.real_tokens(x) & scored_L[None, :]
-        nll = evaluator.token_nll(p, evaluator.shift_right(x), x, needed_BxL=needed)
+        nll = evaluator.token_nll(p, shift_right(x, evaluator.mask_id), x, needed_BxL=needed)
         return nll.sum(-1), needed.sum(-1)
 
     nll_fn = jax.jit(precision.under("evaluation", nll_and_count))

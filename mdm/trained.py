@@ -106,15 +106,18 @@ def _shapes(tree: Any) -> dict[str, tuple]:
     return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _check_kind(config, saved, where: str) -> None:
+def _check_kind(exp: Experiment, saved, where: str) -> None:
     """A causal (AR) run starts only a causal run and a bidirectional one only a bidirectional
-    one: the same params would otherwise silently serve another attention pattern."""
+    one: the same params would otherwise silently serve another attention pattern. The exception
+    is an objective that adapts a causal model (an MDM with diffusion.shift)."""
+    config = exp.config
     mine, theirs = objective_kind(config.objective).causal, objective_kind(saved.objective).causal
-    if mine != theirs:
+    if mine != theirs and not (theirs and exp.objective.adapts_causal):
         kind = lambda causal: "causal" if causal else "bidirectional"  # noqa: E731
+        adapt = "; to adapt an AR run into an MDM use --config configs/adapt.py" if theirs else ""
         raise ConfigError(
             f"init.workdir={where!r} is a {kind(theirs)} objective={saved.objective!r} run but this "
-            f"objective={config.objective!r} run is {kind(mine)}; start from a run of the same kind"
+            f"objective={config.objective!r} run is {kind(mine)}; start from a run of the same kind{adapt}"
         )
 
 
@@ -125,7 +128,7 @@ def init_params(exp: Experiment, init, mesh: Mesh | None = None, rules: Sequence
     workdir = runs.as_path(init.workdir)
     missing = f"init.workdir={str(workdir)!r} holds no checkpoint; train that run first or fix the path"
     checkpointer, step, saved = _open(workdir, init.step or None, missing, "init.step")
-    _check_kind(exp.config, saved, str(workdir))
+    _check_kind(exp, saved, str(workdir))
     exp.objective.check_source(exp.config, saved)
     source = build(saved)
     rng = jax.random.PRNGKey(0)

@@ -117,7 +117,9 @@ def test_the_ar_loss_scores_the_response_given_the_prompt():
     batch = _batch(8, seed=6)
     loss, _ = obj.loss(params, batch, None)
     with jax.default_matmul_precision("highest"):
-        logits = obj.model.apply({"params": params}, obj.shift_right(batch["tokens"]))
+        tokens = batch["tokens"]
+        inputs = jnp.concatenate([jnp.full_like(tokens[:, :1], obj.mask_id), tokens[:, :-1]], axis=1)  # start symbol
+        logits = obj.model.apply({"params": params}, inputs)
     logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)), np.float64)
     tokens, response = np.asarray(batch["tokens"]), np.asarray(batch["segments"]) == RESPONSE
     nll = -np.take_along_axis(logp, tokens[..., None], -1)[..., 0]

@@ -268,14 +268,12 @@ def likelihood_report(
     mdm_objective: a MaskedDiffusionObjective (its eval_sums gives the NELBO). The EDLM number
     is labelled 'bound' when the energy is normalised (coAR), else 'estimate'.
     """
-    model, schedule = mdm_objective.model, mdm_objective.schedule
+    schedule = mdm_objective.schedule
     mask = mdm_objective.mask_id
-    time_cond = model.cfg.time_conditioning
 
     def one(params, energy_params, tokens, key):
         def den(x, t):
-            mask_BxL = mdm_objective.attention_mask(x)
-            return model.apply({"params": params}, x, t if time_cond else None, attention_mask_BxL=mask_BxL)
+            return mdm_objective.network_logits(params, x, t, mdm_objective.attention_mask(x))
 
         keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(tokens.shape[0]))
         log_z = (lambda xt: jnp.zeros(xt.shape[:1], jnp.float32)) if energy.normalised else None

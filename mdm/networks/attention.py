@@ -76,7 +76,7 @@ class MaskSpec:
         return (q_idx >= 0) & (k_idx >= 0)
 
     def dense(self, length: int) -> Array:
-        """bool[L, L] of `allowed` (the XLA and cuDNN route for block-causal masks)."""
+        """bool[L, L] of `allowed` (the XLA and cuDNN route for block-causal masks and traced ones)."""
         idx = jnp.arange(length)
         return self.allowed(idx[:, None], idx[None, :])
 
@@ -129,13 +129,33 @@ def _note(message: str) -> None:
 
 
 def attend(
-    q: Array, k: Array, v: Array, kv_lengths_B: Array | None, mask: MaskSpec, implementation: str, chunk: int = 0
+    q: Array,
+    k: Array,
+    v: Array,
+    kv_lengths_B: Array | None,
+    mask: MaskSpec,
+    implementation: str,
+    chunk: int = 0,
+    visible_LxL: Array | None = None,
 ) -> Array:
     """softmax(q k^T / sqrt(H) + mask) v over [B, L, N, H] inputs with `implementation`.
 
     `kv_lengths_B`: int32[B] real tokens per row (padding is a suffix), or None for none. Output
     rows at padding positions are unspecified (every implementation gives finite values).
+    `visible_LxL`: a traced bool[L, L] (query, key) mask ANDed with `mask`, shared by rows and
+    heads (attention-mask annealing); it goes in densely, so Splash falls back to XLA. Every
+    query must see at least one key (its own position).
     """
+    if visible_LxL is not None:
+        if implementation == "splash":
+            _note("splash attention takes no traced mask (attention-mask annealing): using xla")
+        fn = functools.partial(
+            _jax_attention,
+            mask=MaskSpec(),
+            implementation="cudnn" if implementation == "cudnn" else "xla",
+            dense_LxL=visible_LxL & mask.dense(q.shape[1]),
+        )
+        return _batch_chunked(fn, (q, k, v, kv_lengths_B), chunk if implementation == "chunked" else 0)
     if implementation == "splash" and q.shape[1] % _SPLASH_BLOCK:
         _note(f"splash attention needs a length divisible by {_SPLASH_BLOCK}, got {q.shape[1]}: using xla")
         implementation = "xla"
@@ -194,10 +214,21 @@ def vectorised_attention(q: Array, k: Array, v: Array, mask: MaskSpec) -> Array:
     return jnp.concatenate([noisy, clean], axis=1)
 
 
-def _jax_attention(q: Array, k: Array, v: Array, kv_lengths_B: Array | None, *, mask: MaskSpec, implementation: str) -> Array:
-    """`jax.nn.dot_product_attention` ('xla' or 'cudnn'); a block-causal mask goes in densely
-    (cuDNN turns it into a bias and cannot skip tiles)."""
-    dense = None if not mask.block_size else mask.dense(q.shape[1])[None, None]
+def _jax_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    kv_lengths_B: Array | None,
+    *,
+    mask: MaskSpec,
+    implementation: str,
+    dense_LxL: Array | None = None,
+) -> Array:
+    """`jax.nn.dot_product_attention` ('xla' or 'cudnn'); a block-causal mask or `dense_LxL` goes in
+    densely (cuDNN turns it into a bias and cannot skip tiles)."""
+    dense = mask.dense(q.shape[1])[None, None] if mask.block_size else None
+    if dense_LxL is not None:
+        dense = dense_LxL[None, None] if dense is None else dense & dense_LxL[None, None]
     lengths = None if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32)
     return jax.nn.dot_product_attention(
         q, k, v, mask=dense, is_causal=mask.causal, key_value_seq_lengths=lengths, implementation=implementation

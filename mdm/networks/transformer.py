@@ -157,7 +157,9 @@ class Attention(nn.Module):
     layer: int = 0
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, kv_lengths_B: Array | None, where: Positions = Positions()) -> Array:
+    def __call__(
+        self, x_BxLxD: Array, kv_lengths_B: Array | None, where: Positions = Positions(), visible_LxL: Array | None = None
+    ) -> Array:
         cfg = self.cfg
         dt, std = cfg.compute_dtype, cfg.init_std
         if cfg.kv_heads == cfg.num_heads:
@@ -177,7 +179,7 @@ class Attention(nn.Module):
             )
         else:
             mask = self.mask or MaskSpec(causal=cfg.causal)
-            out_BxLxNxH = attend(q, k, v, kv_lengths_B, mask, cfg.attention, cfg.attention_chunk)
+            out_BxLxNxH = attend(q, k, v, kv_lengths_B, mask, cfg.attention, cfg.attention_chunk, visible_LxL)
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         return Linear((cfg.d_model,), ("heads", "kv", "embed"), 2, cfg.compute_dtype, out_std, name="out")(out_BxLxNxH)
 
@@ -205,13 +207,18 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxLxD: Array, cond_BxD: Array | None, kv_lengths_B: Array | None, where: Positions = Positions()
+        self,
+        x_BxLxD: Array,
+        cond_BxD: Array | None,
+        kv_lengths_B: Array | None,
+        where: Positions = Positions(),
+        visible_LxL: Array | None = None,
     ) -> Array:
         cfg = self.cfg
         dt = cfg.compute_dtype
         if cond_BxD is None:
             h = RMSNorm(dt, cfg.norm_eps, name="attn_norm")(x_BxLxD)
-            x_BxLxD = x_BxLxD + Attention(cfg, self.mask, self.layer, name="attn")(h, kv_lengths_B, where)
+            x_BxLxD = x_BxLxD + Attention(cfg, self.mask, self.layer, name="attn")(h, kv_lengths_B, where, visible_LxL)
             h = RMSNorm(dt, cfg.norm_eps, name="mlp_norm")(x_BxLxD)
             return x_BxLxD + SwiGLU(cfg, name="mlp")(h)
         mod = nn.Dense(
@@ -223,7 +230,7 @@ class Block(nn.Module):
         )(cond_BxD)[:, None, :]
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
         h = RMSNorm(dt, cfg.norm_eps, name="attn_norm")(x_BxLxD) * (1 + scale1) + shift1
-        x_BxLxD = x_BxLxD + gate1 * Attention(cfg, self.mask, self.layer, name="attn")(h, kv_lengths_B, where)
+        x_BxLxD = x_BxLxD + gate1 * Attention(cfg, self.mask, self.layer, name="attn")(h, kv_lengths_B, where, visible_LxL)
         h = RMSNorm(dt, cfg.norm_eps, name="mlp_norm")(x_BxLxD) * (1 + scale2) + shift2
         return x_BxLxD + gate2 * SwiGLU(cfg, name="mlp")(h)
 
@@ -259,7 +266,8 @@ class Transformer(nn.Module):
     """tokens int[B, L] (ids 0..V, V = mask) [, t float[B]] -> logits float32[B, L, V].
 
     `where` (a `Positions`) places the input elsewhere than 0..L-1 or decodes one block against a
-    K/V cache; `mask` replaces the config's causal/bidirectional mask (block diffusion's layouts).
+    K/V cache; `mask` replaces the config's causal/bidirectional mask (block diffusion's layouts);
+    `visible_LxL` (traced bool[L, L], query x key) further hides keys (attention-mask annealing).
     With `return_hidden=True` it returns the final (normed, modulated) hidden states
     [B, L, D] in the compute dtype instead, for losses that apply the head in chunks
     (`output_head` gives the head from the params).
@@ -281,6 +289,7 @@ class Transformer(nn.Module):
         return_hidden: bool = False,
         where: Positions = Positions(),
         mask: MaskSpec | None = None,
+        visible_LxL: Array | None = None,
     ) -> Array:
         cfg = self.cfg
         dt = cfg.compute_dtype
@@ -310,7 +319,7 @@ class Transformer(nn.Module):
         block_cls = Block if policy is None else nn.remat(Block, policy=policy)
         kv_lengths_B = key_lengths(attention_mask_BxL)
         for i in range(cfg.num_layers):
-            x_BxLxD = block_cls(cfg, mask, i, name=f"block_{i}")(x_BxLxD, cond_BxD, kv_lengths_B, where)
+            x_BxLxD = block_cls(cfg, mask, i, name=f"block_{i}")(x_BxLxD, cond_BxD, kv_lengths_B, where, visible_LxL)
             x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed_act"))
 
         x_BxLxD = RMSNorm(dt, cfg.norm_eps, name="final_norm")(x_BxLxD)

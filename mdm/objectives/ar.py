@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from mdm.errors import ConfigError
-from mdm.objectives.base import Objective, per_example_sums, shared_fields
+from mdm.objectives.base import Objective, per_example_sums, shared_fields, shift_right
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,22 +27,17 @@ class AutoregressiveObjective(Objective):
     def likelihood(self) -> str:
         return "exact -log p(response | prompt)" if self.pairs else "exact -log p(x)"
 
-    def shift_right(self, tokens_BxL: Array) -> Array:
-        """The network's input: the mask id as a start symbol, then tokens[:, :-1]."""
-        start = jnp.full_like(tokens_BxL[:, :1], self.mask_id)
-        return jnp.concatenate([start, tokens_BxL[:, :-1]], axis=1)
-
     def nll_per_example(self, params, tokens_BxL: Array, modelled_BxL: Array | None = None) -> Array:
         """float32[B]: -log p(x_l | x_<l) summed over the modelled positions (default: the
         non-padding ones; in prompt/response batches the response, conditioned on the prompt)."""
-        inputs = self.shift_right(tokens_BxL)
+        inputs = shift_right(tokens_BxL, self.mask_id)
         needed = self.real_tokens(tokens_BxL) if modelled_BxL is None else modelled_BxL
         return self.token_nll(params, inputs, tokens_BxL, needed_BxL=needed).sum(-1)
 
     def denoiser(self, params):
         """(tokens int[B, L], t) -> logits float[B, L, V] where position i is p(x_i | tokens[:i])
         (t is ignored): the next-token model seen through the sampler seam."""
-        return lambda tokens, t: self.model.apply({"params": params}, self.shift_right(tokens))
+        return lambda tokens, t: self.model.apply({"params": params}, shift_right(tokens, self.mask_id))
 
     def sampling_settings(self, settings, canvas_L):
         """Any sampler request decodes left to right; EDLM and infilling need an MDM."""

@@ -52,6 +52,13 @@ def per_example_sums(nats_B: Array, tokens_B: Array, bytes_B: Array) -> Metrics:
     }
 
 
+def shift_right(tokens_BxL: Array, start_id: int) -> Array:
+    """int[B, L]: `start_id`, then tokens[:, :-1]: the input under which output position i
+    predicts token i (an AR model's next-token head, an AR-adapted MDM's shift)."""
+    start = jnp.full_like(tokens_BxL[:, :1], start_id)
+    return jnp.concatenate([start, tokens_BxL[:, :-1]], axis=1)
+
+
 def shared_fields(config, pad_id: int, token_bytes) -> dict[str, Any]:
     """The `Objective` fields every objective takes from a run's config (model aside)."""
     return dict(
@@ -111,6 +118,12 @@ class Objective(abc.ABC):
         return canvas_len
 
     @property
+    def adapts_causal(self) -> bool:
+        """Whether this objective may start from a causal (AR) run's params: it adapts them (an
+        MDM with the shift), rather than silently serving them another attention pattern."""
+        return False
+
+    @property
     def preferred_sampler(self) -> dict | None:
         """SamplerSettings fields the model was made to sample with (a distilled student), or None."""
         return None
@@ -157,12 +170,16 @@ class Objective(abc.ABC):
         t_B: Array | None = None,
         attention_mask_BxL: Array | None = None,
         needed_BxL: Array | None = None,
+        visible_LxL: Array | None = None,
     ) -> Array:
         """float32[B, L]: -log p(target | inputs) per position under `model`, the head applied in
         chunks (no [B, L, V] logits); 0 where `needed_BxL` is False. `t_B` reaches the network only
-        if it is time-conditioned."""
+        if it is time-conditioned; `visible_LxL` (bool[L, L]) hides keys from queries."""
         t_in = t_B if self.model.cfg.time_conditioning else None
-        hidden = self.model.apply({"params": params}, inputs_BxL, t_in, attention_mask_BxL=attention_mask_BxL, return_hidden=True)
+        annealing = {} if visible_LxL is None else {"visible_LxL": visible_LxL}
+        hidden = self.model.apply(
+            {"params": params}, inputs_BxL, t_in, attention_mask_BxL=attention_mask_BxL, return_hidden=True, **annealing
+        )
         return chunked_token_nll(hidden, self.model.output_head(params), targets_BxL, self.loss_chunk, needed_BxL)
 
     def counted(self, batch: dict[str, Array]) -> Array:

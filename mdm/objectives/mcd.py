@@ -363,6 +363,8 @@ def check_teacher_config(config, teacher_config) -> None:
     where = config.init.workdir
     if teacher_config.objective not in ("mdm", "mcd"):
         raise ConfigError(f"the run in {where} is a {teacher_config.objective!r} model; mcd needs a masked diffusion teacher")
+    if teacher_config.diffusion.get("shift", False):
+        raise ConfigError(f"the MDM in {where} is AR-adapted (diffusion.shift); mcd distils unshifted MDMs only")
     runs.check_compatible(
         config,
         teacher_config,

@@ -11,7 +11,11 @@ Two unbiased estimators, each with `eval_t_samples` stratified draws per sequenc
   singleton (the real position with the smallest uniform), weighted m'(t) n / (1 + (n - 1) m): exact on [0, 1], no t_min.
 - 'count' (schedule-free): k stratified on {1..n} (n real tokens), a uniform subset of k positions masked, weight n / k; a
   time-conditioned network gets t = m^-1(u), u ~ Beta(k, n - k + 1), which keeps it exact. Standard errors are across sequences.
-Derivation and choices: docs/objectives.md.
+Adapting an AR model (DiffuLLaMA, Gong et al. 2024): with `shift` the network reads x_t shifted right by one behind a start
+symbol, so each output predicts the next input token as an AR head does and the AR twin's params serve unchanged; with
+`anneal_steps` training attention goes from causal to bidirectional (each later key visible with probability
+min(step / anneal_steps, 1)). Evaluation and sampling always use the bidirectional network, so every reported number
+bounds the model that samples. Derivation and choices: docs/objectives.md, docs/adaptation.md.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from jax import Array
 
 from mdm import process
 from mdm.errors import ConfigError
-from mdm.objectives.base import Objective, per_example_sums, shared_fields
+from mdm.objectives.base import Objective, per_example_sums, shared_fields, shift_right
 from mdm.schedules import Schedule, make_schedule
 
 EVAL_ESTIMATORS = ("continuous", "count")
@@ -38,6 +42,70 @@ class MaskedDiffusionObjective(Objective):
     t_min: float = 1e-5
     eval_t_samples: int = 8
     eval_estimator: str = "continuous"  # 'continuous' (time integral) or 'count' (masked-count form)
+    shift: bool = False  # AR adaptation: output i reads inputs shifted right (start symbol first) and predicts token i
+    anneal_steps: int = 0  # AR adaptation: updates over which training attention goes from causal to bidirectional
+
+    @property
+    def adapts_causal(self) -> bool:
+        return self.shift
+
+    def network_inputs(self, x_BxL: Array, attention_mask_BxL: Array | None = None) -> tuple[Array, Array | None]:
+        """(int[B, L] the network's input, bool[B, L] or None its key mask) for x_t: with `shift`,
+        x_t shifted right behind the mask id as start symbol (its key always visible)."""
+        if not self.shift:
+            return x_BxL, attention_mask_BxL
+        mask = None
+        if attention_mask_BxL is not None:
+            mask = jnp.concatenate([jnp.ones_like(attention_mask_BxL[:, :1]), attention_mask_BxL[:, :-1]], axis=1)
+        return shift_right(x_BxL, self.mask_id), mask
+
+    def network_logits(
+        self,
+        params,
+        x_BxL: Array,
+        t_B: Array | None = None,
+        attention_mask_BxL: Array | None = None,
+        visible_LxL: Array | None = None,
+    ) -> Array:
+        """float32[B, L, V]: position l's distribution over x_0^l given x_t (bidirectional unless
+        `visible_LxL` hides keys); t reaches the network only if it is time-conditioned."""
+        inputs, mask = self.network_inputs(x_BxL, attention_mask_BxL)
+        t_in = t_B if self.model.cfg.time_conditioning else None
+        annealing = {} if visible_LxL is None else {"visible_LxL": visible_LxL}
+        return self.model.apply({"params": params}, inputs, t_in, attention_mask_BxL=mask, **annealing)
+
+    def denoiser(self, params):
+        return lambda tokens, t: self.network_logits(params, tokens, t)
+
+    def token_nll(self, params, inputs_BxL, targets_BxL, t_B=None, attention_mask_BxL=None, needed_BxL=None, visible_LxL=None):
+        inputs, mask = self.network_inputs(inputs_BxL, attention_mask_BxL)
+        return super().token_nll(params, inputs, targets_BxL, t_B, mask, needed_BxL, visible_LxL)
+
+    def anneal_ratio(self, step: Array) -> Array:
+        """float32: the probability that a key after its query is visible in training after
+        `step` updates: step / anneal_steps, 1 from then on (1 without annealing)."""
+        if not self.anneal_steps:
+            return jnp.float32(1.0)
+        return jnp.clip(jnp.asarray(step, jnp.float32) / self.anneal_steps, 0.0, 1.0)
+
+    def annealed_visible(self, step: Array, key: Array, length: int) -> Array:
+        """bool[L, L] (query, key): the causal prefix, and each later key with probability
+        `anneal_ratio(step)`: one draw per batch, shared by rows, heads and layers."""
+        idx = jnp.arange(length)
+        return (idx[None, :] <= idx[:, None]) | jax.random.bernoulli(key, self.anneal_ratio(step), (length, length))
+
+    def init_from(self, fresh, pretrained):
+        """The frozen tree counts updates (int32) while attention is annealed; None otherwise."""
+        params = fresh if pretrained is None else pretrained
+        return params, (jnp.zeros((), jnp.int32) if self.anneal_steps else None)
+
+    def frozen_partition_specs(self, param_specs):
+        del param_specs
+        return jax.sharding.PartitionSpec() if self.anneal_steps else None
+
+    def update_frozen(self, step, params, frozen):
+        del params
+        return jnp.asarray(step, jnp.int32) if self.anneal_steps else frozen
 
     @property
     def sampler_schedule(self) -> Schedule:
@@ -68,16 +136,22 @@ class MaskedDiffusionObjective(Objective):
         return dataclasses.replace(self.schedule, eps=0.0)
 
     def nelbo_per_example(
-        self, params, tokens_BxL: Array, t_B: Array, uniforms_BxL: Array, positions: tuple | None = None
+        self,
+        params,
+        tokens_BxL: Array,
+        t_B: Array,
+        uniforms_BxL: Array,
+        positions: tuple | None = None,
+        visible_LxL: Array | None = None,
     ) -> Array:
         """float32[B]: w(t_b) * sum of -log mu at the masked positions of x_t ~ q(.|x_0, t_b).
 
         positions: (modelled, visible) from `positions` (default: those of a plain batch); only
-        modelled positions are ever masked."""
+        modelled positions are ever masked. visible_LxL: the training attention (annealing)."""
         modelled_BxL, visible_BxL = positions or self.positions({"tokens": tokens_BxL})
         masked_BxL = (uniforms_BxL < self.schedule.mask_prob(t_B)[:, None]) & modelled_BxL
         x_t = jnp.where(masked_BxL, self.mask_id, tokens_BxL)
-        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, visible_BxL, needed_BxL=masked_BxL).sum(-1)
+        nll_B = self.token_nll(params, x_t, tokens_BxL, t_B, visible_BxL, masked_BxL, visible_LxL).sum(-1)
         # A row with no mask adds 0 even where the weight is huge (t -> 0); a NaN stays NaN.
         return jnp.where(masked_BxL.any(-1), self.schedule.weight(t_B) * nll_B, 0.0)
 
@@ -88,7 +162,12 @@ class MaskedDiffusionObjective(Objective):
         t_B = process.stratified_times(k_t, batch_size, self.t_min)
         uniforms = process.example_uniforms(k_mask, batch_size, length)
         positions = self.positions(batch)
-        nelbo_B = self.nelbo_per_example(params, tokens, t_B, uniforms, positions)
+        visible_LxL = None
+        if self.anneal_steps:
+            if frozen is None:
+                raise ValueError("attention annealing reads the update count from the frozen tree (state.init_state makes it)")
+            visible_LxL = self.annealed_visible(frozen, jax.random.fold_in(rng, 2), length)
+        nelbo_B = self.nelbo_per_example(params, tokens, t_B, uniforms, positions, visible_LxL)
         num_tokens = jnp.maximum(self.counted(batch).sum(), 1)  # per real token (per response token in SFT)
         loss = (1.0 - self.t_min) * nelbo_B.sum() / num_tokens
         masked = (uniforms < self.schedule.mask_prob(t_B)[:, None]) & positions[0]
@@ -172,4 +251,6 @@ def from_config(config, model, pad_id: int, token_bytes) -> MaskedDiffusionObjec
         t_min=d.t_min,
         eval_t_samples=d.eval_t_samples,
         eval_estimator=d.eval_estimator,
+        shift=d.shift,
+        anneal_steps=d.anneal_steps,
     )

@@ -81,6 +81,10 @@ class NCEObjective(Objective):
                 f"the NCE energy trains against a masked diffusion model; init.workdir holds an "
                 f"objective={source_config.objective!r} run: name an MDM run"
             )
+        if source_config.diffusion.get("shift", False):
+            raise ConfigError(
+                "the MDM in init.workdir is AR-adapted (diffusion.shift); the NCE energy trains against unshifted MDMs only"
+            )
 
     def counted(self, batch):
         """One position per row: the NCE loss is a mean over sequences (weights micro-batches by rows)."""
