@@ -38,7 +38,12 @@ def concatenate_documents(docs: Sequence[np.ndarray], bos_id: int, eos_id: int) 
 
 def pad_document(tokens: np.ndarray, seq_len: int, bos_id: int, eos_id: int, pad_id: int) -> np.ndarray:
     """int32 [seq_len]: `[BOS] tokens [EOS]` truncated to seq_len, then PAD."""
-    record = with_specials(tokens, bos_id, eos_id)[:seq_len]
+    return pad_record(with_specials(tokens, bos_id, eos_id), seq_len, pad_id)
+
+
+def pad_record(document: np.ndarray, seq_len: int, pad_id: int) -> np.ndarray:
+    """int32 [seq_len]: a document that already has its BOS/EOS, truncated to seq_len, then PAD."""
+    record = np.asarray(document[:seq_len], np.int32)
     return np.pad(record, (0, seq_len - len(record)), constant_values=pad_id)
 
 

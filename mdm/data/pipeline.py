@@ -1,16 +1,20 @@
 """grain input pipelines: batches {'tokens': int32 [batch_size, seq_len]}.
 
-Records (int32 [seq_len] each) are made in one of four ways:
+Records (int32 [seq_len] each) are made in one of five ways:
 - pack mode, in memory (embedded, text, and the tfds validation split): all
   documents are tokenized once into one stream, cut into `packing.Windows`.
 - pack mode, streamed (tfds train split, too big for memory): documents are
   shuffled by index, tokenized on the fly and cut by `packing.PackIterDataset`.
 - pad mode: each document is tokenized and padded when its record is read.
 - synthetic: `MarkovLanguage.sequence(index, seq_len)` (data.mode is ignored).
+- tokens (prepared by `mdm.data.prepare`): windows of the memory-mapped token
+  stream (pack) or stored documents padded (pad), the same records as in memory.
 Process p of P keeps records (documents, when streamed) p, p + P, ... of the
 first P * (n // P), so all processes get equally many; each shuffles its own.
-Random-access records make a checkpoint a record index. No worker processes
-or prefetch threads are used.
+Random-access records make a checkpoint a record index. `data.read_threads`
+threads make whole batches (reading, tokenizing on the fly, packing) ahead of
+the training step, `data.prefetch` batches deep; the order and the resume
+state are those of the single-threaded pipeline.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mdm.data import packing, pairs, sources
+from mdm.data import packing, pairs, sources, store
 from mdm.data.tokenizers import Tokenizer
 from mdm.errors import ConfigError, DataError
 
@@ -62,6 +66,11 @@ def _empty_split(data_cfg: Any, split: str) -> DataError:
     if data_cfg.source == "tfds":
         key = "tfds_train_split" if split == "train" else "tfds_eval_split"
         return DataError(f"{where} has no documents: set data.{key} to a non-empty split of {data_cfg.tfds_name!r}")
+    if data_cfg.source == "tokens":
+        return DataError(
+            f"{where} (data.path={data_cfg.path!r}) holds no documents: prepare the store again from a larger corpus"
+            " or with --val_percent > 0"
+        )
     if data_cfg.source == "text":
         where += f" (data.path={data_cfg.path!r})"
     val_percent = data_cfg.val_percent
@@ -128,6 +137,28 @@ def _pair_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> grain.MapD
     return grain.MapDataset.source(records)
 
 
+def _stored_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> tuple[grain.MapDataset, str]:
+    """Records of a prepared store (`data.path`), checked against the run's tokenizer."""
+    opened = store.TokenStore.open(data_cfg.path, tokenizer, data_cfg.tokenizer)
+    if data_cfg.mode == "pad":
+        docs = opened.documents(split)
+        if not len(docs):
+            raise _empty_split(data_cfg, split)
+        pad = lambda doc: packing.pad_record(doc, data_cfg.seq_len, tokenizer.pad_id)  # noqa: E731
+        return grain.MapDataset.source(docs).map(pad), f"{len(docs)} documents"
+    stream = opened.stream(split)
+    if not len(stream):
+        raise _empty_split(data_cfg, split)
+    return grain.MapDataset.source(packing.Windows(stream, data_cfg.seq_len)), f"{len(stream)} tokens (BOS/EOS included)"
+
+
+def _read_options(data_cfg: Any) -> grain.ReadOptions:
+    """`data.read_threads` threads making batches ahead, `data.prefetch` deep (0: none)."""
+    if data_cfg.read_threads <= 0:
+        return _NO_THREADS
+    return grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=max(data_cfg.prefetch, 1))
+
+
 def _records(data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, process_count: int) -> grain.MapDataset:
     """Random-access records int32 [seq_len] (or pair dicts); at least one batch per process."""
     if data_cfg.format == "pairs":
@@ -136,6 +167,8 @@ def _records(data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, p
     elif data_cfg.source == "synthetic":
         records = _synthetic_records(data_cfg, split, tokenizer)
         have = f"{len(records)} sequences"
+    elif data_cfg.source == "tokens":
+        records, have = _stored_records(data_cfg, split, tokenizer)
     elif data_cfg.mode == "pad":
         records = _padded_records(data_cfg, split, tokenizer)
         have = f"{len(records)} documents"
@@ -197,7 +230,7 @@ def _streamed_batches(
         return packing.with_specials(tokens, tokenizer.bos_id, tokenizer.eos_id)
 
     tokens = _order(docs, seed, shuffle, num_epochs).map(encode)
-    windows = packing.PackIterDataset(tokens.to_iter_dataset(_NO_THREADS), data_cfg.seq_len)
+    windows = packing.PackIterDataset(tokens.to_iter_dataset(_read_options(data_cfg)), data_cfg.seq_len)
     return windows.batch(batch_size, drop_remainder=True, batch_fn=_as_batch)
 
 
@@ -265,7 +298,7 @@ def make_iterator(
     records = _records(data_cfg, split, tokenizer, batch_size, process_count)
     records = _order(_shard(records, process_index, process_count), seed, shuffle, num_epochs)
     batches = records.batch(batch_size, drop_remainder=True, batch_fn=_as_batch)
-    return batches.to_iter_dataset(_NO_THREADS).__iter__()
+    return batches.to_iter_dataset(_read_options(data_cfg)).__iter__()
 
 
 def _entropy_bits(counts: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import os
 import pathlib
 import sysconfig
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from mdm.errors import ConfigError, DataError
 
 SPLITS = ("train", "validation")
 DOCUMENT_SOURCES = ("embedded", "text", "tfds")
-SOURCES = DOCUMENT_SOURCES + ("synthetic",)
+SOURCES = DOCUMENT_SOURCES + ("synthetic", "tokens")  # 'tokens': files from mdm.data.prepare (mdm.data.store)
 
 Document = bytes | str
 
@@ -75,7 +75,7 @@ def jsonl_records(path: str):
 
 
 def _read_jsonl(path: str, text_key: str) -> list[Document]:
-    docs = []
+    docs: list[Document] = []
     for number, _, record in jsonl_records(path):
         if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
             raise DataError(f"{path}:{number} has no text field {text_key!r}: set data.text_key to the field holding the text")
@@ -83,30 +83,61 @@ def _read_jsonl(path: str, text_key: str) -> list[Document]:
     return docs
 
 
-def text_documents(pattern: str, text_key: str, split: str, val_percent: int) -> list[Document]:
-    """Documents from local files matching the glob `pattern` (sorted by path).
-
-    `.jsonl` files hold one document per line, in field `text_key`; any other
-    file is one document (read as bytes). Empty documents are dropped.
-    """
-    check_split(split)
+def text_files(pattern: str) -> list[str]:
+    """The files matching the glob `pattern`, sorted by path (the document order of 'text')."""
     paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if not paths:
         raise DataError(
-            f"no files match data.path={pattern!r}: set data.path to a glob of .txt/.jsonl files, e.g. 'corpus/*.txt'"
+            f"no files match data.path={pattern!r}: set data.path to a glob of .txt/.jsonl/.parquet files, e.g. 'corpus/*.txt'"
         )
-    docs: list[Document] = []
+    return paths
+
+
+def _read_parquet(path: str, text_key: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq  # optional: pip install 'mdm[parquet]'
+    except ImportError as e:
+        raise DataError(f"{path} is a Parquet file and pyarrow is not installed: pip install pyarrow") from e
+    try:
+        table = pq.ParquetFile(path)
+        names = table.schema_arrow.names
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise DataError(f"{path} is not a readable Parquet file ({type(e).__name__}: {e}): fix or remove it") from e
+    if text_key not in names:
+        raise DataError(f"{path} has no column {text_key!r} (columns: {names}): set data.text_key to the text column")
+    for batch in table.iter_batches(columns=[text_key]):
+        yield from (text for text in batch.column(0).to_pylist() if isinstance(text, str))
+
+
+def read_files(paths: Sequence[str], text_key: str) -> Iterator[Document]:
+    """The non-empty documents of `paths` in order: a `.jsonl` file holds one per line (field
+    `text_key`), a `.parquet` file one per row (column `text_key`), any other file is one."""
     for path in paths:
         if path.endswith(".jsonl"):
-            docs.extend(_read_jsonl(path, text_key))
+            docs: Iterable[Document] = _read_jsonl(path, text_key)
+        elif path.endswith(".parquet"):
+            docs = _read_parquet(path, text_key)
         else:
-            docs.append(pathlib.Path(path).read_bytes())
-    docs = [d for d in docs if d]
+            docs = [pathlib.Path(path).read_bytes()]
+        yield from (d for d in docs if d)
+
+
+def in_split(doc: Document, split: str, val_percent: int) -> bool:
+    """The 'text' split rule on a document's own UTF-8 bytes."""
+    return _keep(doc.encode("utf-8") if isinstance(doc, str) else doc, split, val_percent)
+
+
+def text_documents(pattern: str, text_key: str, split: str, val_percent: int) -> list[Document]:
+    """Documents of `split` from local files matching the glob `pattern` (`read_files`, sorted
+    by path). Empty documents are dropped."""
+    check_split(split)
+    paths = text_files(pattern)
+    docs = list(read_files(paths, text_key))
     if not docs:
         raise DataError(
             f"the {len(paths)} files matching data.path={pattern!r} hold no text: point data.path at a non-empty corpus"
         )
-    return [d for d in docs if _keep(d.encode("utf-8") if isinstance(d, str) else d, split, val_percent)]
+    return [d for d in docs if in_split(d, split, val_percent)]
 
 
 class _FieldView(Sequence):
@@ -160,8 +191,8 @@ def documents(data_cfg: Any, split: str) -> Sequence[Document]:
     if source == "tfds":
         split_name = data_cfg.tfds_train_split if split == "train" else data_cfg.tfds_eval_split
         return tfds_documents(data_cfg.tfds_name, split_name, data_cfg.text_key, data_cfg.tfds_data_dir or None)
-    if source == "synthetic":
-        raise ConfigError("data.source='synthetic' yields token sequences, not documents")
+    if source in ("synthetic", "tokens"):
+        raise ConfigError(f"data.source={source!r} yields token sequences, not documents")
     raise ConfigError(f"data.source={source!r} is not one of {SOURCES}")
 
 

@@ -8,6 +8,7 @@ drops it like any other id outside the vocabulary.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import os
 import re
@@ -47,6 +48,18 @@ class Tokenizer(abc.ABC):
     def encode_batch(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
         """`encode` over many documents; subclasses may do it in parallel."""
         return [self.encode(text) for text in texts]
+
+    def fingerprint(self) -> str:
+        """sha256 hex of what fixes the ids: the kind, vocabulary size, specials and byte lengths
+        (a HuggingFace file adds its whole JSON). Token files record it; readers compare it."""
+        h = hashlib.sha256(f"{type(self).__name__}:{self.vocab_size}:{self.bos_id}:{self.eos_id}:{self.pad_id}".encode())
+        h.update(np.asarray(self.token_bytes, np.int32).tobytes())
+        h.update(self._definition())
+        return h.hexdigest()
+
+    def _definition(self) -> bytes:
+        """Bytes that define the id mapping beyond the attributes (none for built-in tokenizers)."""
+        return b""
 
     def _text_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The ids of `ids` that stand for text: in range and not special."""
@@ -182,9 +195,7 @@ class HFTokenizer(Tokenizer):
         if os.path.isdir(path):
             inside = os.path.join(path, "tokenizer.json")
             example = f" (e.g. --config.data.tokenizer={inside})" if os.path.isfile(inside) else ""
-            raise DataError(
-                f"data.tokenizer={path!r} is a directory: give the tokenizer.json file itself{example}, or 'bytes'"
-            )
+            raise DataError(f"data.tokenizer={path!r} is a directory: give the tokenizer.json file itself{example}, or 'bytes'")
         if not os.path.isfile(path):
             raise DataError(f"tokenizer file {path!r} does not exist: {fix}")
         try:
@@ -209,6 +220,9 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self._hf.decode(self._text_ids(ids).tolist(), skip_special_tokens=True)
+
+    def _definition(self) -> bytes:
+        return self._hf.to_str().encode("utf-8")
 
 
 def make_tokenizer(data_cfg: Any) -> Tokenizer:
