@@ -111,8 +111,9 @@ def test_processes_read_disjoint_shards_that_cover_the_split(corpus, tmp_path):
 
 def test_sliced_preparation_merges_into_the_same_store(corpus, tmp_path):
     """Three `--shard i` runs (out of order, one with 2 worker processes) and a merge give
-    byte-identical files and manifest to one run; one slice gives the same windows too."""
-    _prepared(corpus, tmp_path / "one_run", num_shards=3)
+    byte-identical files and manifest to one run (2 worker processes for all its slices); one slice
+    gives the same windows too."""
+    _prepared(corpus, tmp_path / "one_run", num_shards=3, workers=2)  # one pool for all slices
     sliced = tmp_path / "sliced"
     common = ["--source", "text", "--path", str(corpus / "*"), "--val_percent", "20", "--out", str(sliced), "--no_progress"]
     for shard, workers in ((2, 1), (0, 2), (1, 1)):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import multiprocessing
+import os
 import pathlib
 import sys
 import time
@@ -96,6 +97,7 @@ _WORKER_TOKENIZER: Tokenizer | None = None
 
 def _init_worker(data_cfg_dict: dict[str, Any]) -> None:
     global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism: no thread pool per worker
     _WORKER_TOKENIZER = make_tokenizer(data_config(**data_cfg_dict))
 
 
@@ -118,9 +120,16 @@ def _chunks(pairs: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def prepare_slice(data_cfg, out: pathlib.Path, index: int, num_shards: int, workers: int = 1, progress: bool = True) -> dict:
-    """Tokenizes slice `index` of `num_shards` into its shard files and part manifest; returns
-    {documents, tokens, text_bytes, seconds}."""
+def _pool(data_cfg, workers: int):
+    """`workers` tokenizer processes (None for 1: tokenize in this process)."""
+    return multiprocessing.get_context("spawn").Pool(workers, _init_worker, (dict(data_cfg),)) if workers > 1 else None
+
+
+def prepare_slice(
+    data_cfg, out: pathlib.Path, index: int, num_shards: int, workers: int = 1, progress: bool = True, pool=None
+) -> dict:
+    """Tokenizes slice `index` of `num_shards` into its shard files and part manifest, in `pool`
+    (or `workers` new processes); returns {documents, tokens, text_bytes, seconds}."""
     tokenizer = make_tokenizer(data_cfg)
     dtype = store.token_dtype(tokenizer.vocab_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +139,8 @@ def prepare_slice(data_cfg, out: pathlib.Path, index: int, num_shards: int, work
     bar = tqdm.tqdm(
         total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"slice {index}/{num_shards}", disable=not progress
     )
-    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (dict(data_cfg),)) if workers > 1 else None
+    own = pool is None
+    pool = _pool(data_cfg, workers) if own else pool
     try:
         chunks = _chunks(pairs, CHUNK_DOCUMENTS)
         results = pool.imap(_tokenize, chunks) if pool else (_tokenize(c, tokenizer) for c in chunks)
@@ -144,7 +154,7 @@ def prepare_slice(data_cfg, out: pathlib.Path, index: int, num_shards: int, work
             bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9) / 1e3:,.0f}k tokens/s")
     finally:
         bar.close()
-        if pool:
+        if own and pool:
             pool.terminate()
     shards = {split: [writer.close()] for split, writer in writers.items()}
     manifest = {
@@ -175,7 +185,12 @@ def prepare(data_cfg, out: str | pathlib.Path, workers: int = 1, num_shards: int
     """Every slice in turn, then the merged manifest; returns the totals and seconds."""
     out = pathlib.Path(out)
     start = time.perf_counter()
-    stats = [prepare_slice(data_cfg, out, i, num_shards, workers, progress) for i in range(num_shards)]
+    pool = _pool(data_cfg, workers)
+    try:
+        stats = [prepare_slice(data_cfg, out, i, num_shards, workers, progress, pool) for i in range(num_shards)]
+    finally:
+        if pool:
+            pool.terminate()
     merge(out)
     totals = {k: sum(s[k] for s in stats) for k in ("documents", "tokens", "text_bytes")}
     return {**totals, "seconds": time.perf_counter() - start}
