@@ -6,6 +6,8 @@
 The corpus files are cut into paragraphs (blank-line separated), written `--repeat` times to one
 JSONL file (documents), and a byte-level BPE of `--vocab` ids is trained on them. Rows, in one sitting:
 - prepare, 1 and 2 worker processes: documents -> sharded token files, tokens/s and MB/s of text;
+- the format alone: random batches of windows from the memory-mapped token file and from
+  ArrayRecord (the same windows, one record each, read through grain's ArrayRecordDataSource);
 - the reader delivering global batches of batch x seq_len from the prepared files, with no prefetch
   threads and with 2 threads 4 batches deep: alone (tokens/s), and feeding a consumer that spends
   `step_ms` per batch (a stand-in for the device step; 'stall ms' is the wait per batch beyond it);
@@ -26,12 +28,15 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.table import print_table  # noqa: E402
 from mdm.config import base_config  # noqa: E402
-from mdm.data import make_iterator, make_tokenizer  # noqa: E402
+from mdm.data import make_iterator, make_tokenizer, packing  # noqa: E402
+from mdm.data.store import TokenStore  # noqa: E402
 from mdm.data.prepare import data_config, prepare  # noqa: E402
 
 H200_GPT2_SMALL = (413_000, 660_000)  # tokens/s, the accelerator issue's table
@@ -97,6 +102,36 @@ def _reader_rows(store: pathlib.Path, tokenizer: str, args) -> list[dict]:
     return rows
 
 
+def _format_rows(store: pathlib.Path, args) -> list[dict]:
+    """Random batches of windows straight from the format, no pipeline: the memory-mapped token
+    file against ArrayRecord (one record per window, group_size 1, read through grain's source)."""
+    import grain
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    windows = packing.Windows(TokenStore.open(store).stream("train"), args.seq_len)
+    path = store / "windows.array_record"
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    for i in range(len(windows)):
+        writer.write(windows[i].astype(np.uint16).tobytes())
+    writer.close()
+    source = grain.sources.ArrayRecordDataSource([str(path)])
+    readers = {
+        "memory map": lambda idx: np.stack([windows[i] for i in idx]),
+        "ArrayRecord": lambda idx: np.stack([np.frombuffer(r, np.uint16) for r in source.__getitems__(idx)]).astype(np.int32),
+    }
+    rows = []
+    for name, read in readers.items():
+        rng = np.random.default_rng(0)
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            read(rng.integers(0, len(windows), args.batch).tolist())
+        rate = args.batches * args.batch * args.seq_len / (time.perf_counter() - start)
+        rows.append(
+            {"stage": "random windows", "variant": name, "tokens/s": rate, "x H200 gpt2_small (max)": rate / H200_GPT2_SMALL[1]}
+        )
+    return rows
+
+
 def _train_rows(store: pathlib.Path, steps: int) -> list[dict]:
     from mdm.config import validate
     from mdm.loop import run
@@ -147,6 +182,7 @@ def main() -> None:
             }
         )
     print(f"corpus: {stats['documents']:,} documents, {stats['tokens']:,} tokens, {stats['text_bytes'] / 2**20:.1f} MB of text")
+    rows += _format_rows(work / "store1", args)
     rows += _reader_rows(work / "store1", tokenizer, args)
     embedded = work / "embedded"
     prepare(data_config(source="embedded"), embedded, progress=False)
