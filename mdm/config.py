@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.source = "embedded"  # 'embedded', 'text', 'tfds', 'synthetic' or 'tokens' (python -m mdm.data.prepare)
     c.data.path = ""  # source='text': glob of .txt/.jsonl/.parquet files; source='tokens': the prepared directory
-    c.data.read_threads = 2  # threads making batches ahead of the training step (0: in the training thread)
+    c.data.read_threads = -1  # threads making batches ahead of the step (0: none; -1: 2 on accelerators, 0 on CPUs)
     c.data.prefetch = 4  # batches made ahead
     c.data.text_key = "text"
     c.data.tfds_name = ""
@@ -257,8 +257,8 @@ def _validate_data(c: ml_collections.ConfigDict) -> None:
         "add --config.data.source=text or drop --config.data.path",
     )
     _require(
-        data.read_threads >= 0 and data.prefetch >= 0,
-        f"data.read_threads={data.read_threads} and data.prefetch={data.prefetch} must be >= 0",
+        data.read_threads >= -1 and data.prefetch >= 0,
+        f"data.read_threads={data.read_threads} (-1: auto) and data.prefetch={data.prefetch} must be >= -1 and >= 0",
     )
     _require(data.source != "tfds" or bool(data.tfds_name), "data.source='tfds' needs --config.data.tfds_name=NAME (e.g. lm1b)")
     _require(data.mode in ("pack", "pad"), f"data.mode={data.mode!r}: choose 'pack' or 'pad'")

@@ -13,8 +13,8 @@ Process p of P keeps records (documents, when streamed) p, p + P, ... of the
 first P * (n // P), so all processes get equally many; each shuffles its own.
 Random-access records make a checkpoint a record index. `data.read_threads`
 threads make whole batches (reading, tokenizing on the fly, packing) ahead of
-the training step, `data.prefetch` batches deep; the order and the resume
-state are those of the single-threaded pipeline.
+the training step, `data.prefetch` batches deep (by default on accelerators
+only); the order and the resume state are those of the single-threaded pipeline.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from mdm.data import packing, pairs, sources, store
@@ -153,10 +154,15 @@ def _stored_records(data_cfg: Any, split: str, tokenizer: Tokenizer) -> tuple[gr
 
 
 def _read_options(data_cfg: Any) -> grain.ReadOptions:
-    """`data.read_threads` threads making batches ahead, `data.prefetch` deep (0: none)."""
-    if data_cfg.read_threads <= 0:
+    """`data.read_threads` threads making batches ahead, `data.prefetch` deep (0: none). Auto (-1)
+    is 2 threads when an accelerator trains and none on CPUs, where the threads would take cores
+    from the step itself (5-8% slower on 2 cores: docs/data.md)."""
+    threads = data_cfg.read_threads
+    if threads < 0:
+        threads = 0 if jax.default_backend() == "cpu" else 2
+    if threads == 0:
         return _NO_THREADS
-    return grain.ReadOptions(num_threads=data_cfg.read_threads, prefetch_buffer_size=max(data_cfg.prefetch, 1))
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(data_cfg.prefetch, 1))
 
 
 def _records(data_cfg: Any, split: str, tokenizer: Tokenizer, batch_size: int, process_count: int) -> grain.MapDataset:
