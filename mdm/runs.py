@@ -30,7 +30,7 @@ METRICS = "metrics.jsonl"
 # Config keys two runs must share, by what they fix. 'tokenizer' compares what token ids mean
 # (the synthetic alphabet or the tokenizer file), so data of another source may share it.
 KEY_GROUPS: dict[str, tuple[str, ...]] = {
-    "objective": ("objective", "block.size", "diffusion.shift"),
+    "objective": ("objective", "block.size", "diffusion.shift", "diffusion.anneal_steps"),
     "shapes": (
         "model.num_layers",
         "model.d_model",

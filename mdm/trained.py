@@ -114,10 +114,24 @@ def _check_kind(exp: Experiment, saved, where: str) -> None:
     mine, theirs = objective_kind(config.objective).causal, objective_kind(saved.objective).causal
     if mine != theirs and not (theirs and exp.objective.adapts_causal):
         kind = lambda causal: "causal" if causal else "bidirectional"  # noqa: E731
-        adapt = "; to adapt an AR run into an MDM use --config configs/adapt.py" if theirs else ""
+        adapting = theirs and config.objective == "mdm"
+        adapt = " (or adapt it into an MDM: --config.diffusion.shift=true, as configs/adapt.py does)" if adapting else ""
         raise ConfigError(
             f"init.workdir={where!r} is a {kind(theirs)} objective={saved.objective!r} run but this "
             f"objective={config.objective!r} run is {kind(mine)}; start from a run of the same kind{adapt}"
+        )
+
+
+def _check_shift(config, saved, where: str) -> None:
+    """Two diffusion runs must agree on the shift: the same params read the input one position
+    apart otherwise (an AR source is adapted instead: `_check_kind`)."""
+    if objective_kind(saved.objective).causal:
+        return
+    theirs, mine = bool(saved.diffusion.get("shift", False)), bool(config.diffusion.shift)
+    if theirs != mine:
+        raise ConfigError(
+            f"init.workdir={where!r} was trained with diffusion.shift={theirs} but this run sets {mine}; "
+            f"pass --config.diffusion.shift={str(theirs).lower()} (the shift is part of the model)"
         )
 
 
@@ -130,6 +144,7 @@ def init_params(exp: Experiment, init, mesh: Mesh | None = None, rules: Sequence
     checkpointer, step, saved = _open(workdir, init.step or None, missing, "init.step")
     _check_kind(exp, saved, str(workdir))
     exp.objective.check_source(exp.config, saved)
+    _check_shift(exp.config, saved, str(workdir))
     source = build(saved)
     rng = jax.random.PRNGKey(0)
     seq_len = saved.data.seq_len

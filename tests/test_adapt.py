@@ -120,14 +120,15 @@ def test_the_shift_reads_the_padding_mask_one_position_later():
 
 
 def test_an_ar_run_adapts_into_an_mdm_that_resumes_exactly(tmp_path):
-    """train.py's path: an MDM starts from an AR run only with the shift; its first update
-    scores like the AR model; a killed annealing run resumes exactly (the counter is saved)."""
+    """train.py's path: an MDM starts from an AR run only with the shift; a run killed mid-anneal
+    (step 6 of 8, resumed from step 4) resumes exactly: the counter is saved. Another shift or
+    anneal length on resume, or from a shifted run, is one line."""
     run(tiny_config(objective="ar"), tmp_path / "ar")
     plain = tiny_config(**{"init.workdir": str(tmp_path / "ar")})
     with pytest.raises(ConfigError, match="configs/adapt.py") as e:
         run(plain, tmp_path / "plain")
     assert "\n" not in str(e.value)
-    adapt = tiny_config(**{"init.workdir": str(tmp_path / "ar"), "diffusion.shift": True, "diffusion.anneal_steps": 4})
+    adapt = tiny_config(**{"init.workdir": str(tmp_path / "ar"), "diffusion.shift": True, "diffusion.anneal_steps": 8})
     run(adapt, tmp_path / "straight")
     run(adapt, tmp_path / "killed", stop_at_step=6)
     run(adapt, tmp_path / "killed")
@@ -135,6 +136,14 @@ def test_an_ar_run_adapts_into_an_mdm_that_resumes_exactly(tmp_path):
     straight = strip(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     assert strip(read_metrics(tmp_path / "killed" / "metrics.jsonl")) == straight
     assert any("eval/nats_per_token" in r for r in straight)
+    from mdm.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="diffusion.anneal_steps=8") as e:
+        run(tiny_config(**{"init.workdir": str(tmp_path / "ar"), "diffusion.shift": True}), tmp_path / "straight")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="--config.diffusion.shift=true") as e:
+        run(tiny_config(**{"init.workdir": str(tmp_path / "straight")}), tmp_path / "unshifted")
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(

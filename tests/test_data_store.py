@@ -194,6 +194,18 @@ def test_empty_sources_missing_slices_and_missing_manifests_are_one_line(corpus,
     with pytest.raises(DataError) as e:
         TokenStore.open(tmp_path / "nothing")
     _one_line(e, "python -m mdm.data.prepare --source")
+    # A file added while the slices were being prepared: their listings differ, so no merge.
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    for f in corpus.iterdir():
+        (grown / f.name).write_bytes(f.read_bytes())
+    cfg = data_config(source="text", path=str(grown / "*"), val_percent=20)
+    prepare_slice(cfg, tmp_path / "mixed", 0, 2, progress=False)
+    (grown / "late.txt").write_text("a file that arrived late")
+    prepare_slice(cfg, tmp_path / "mixed", 1, 2, progress=False)
+    with pytest.raises(DataError) as e:
+        merge(tmp_path / "mixed")
+    _one_line(e, "comes from another preparation", "file listing")
 
 
 def test_parquet_files_prepare_like_their_text(corpus, tmp_path):

@@ -68,10 +68,8 @@ def _empty_split(data_cfg: Any, split: str) -> DataError:
         key = "tfds_train_split" if split == "train" else "tfds_eval_split"
         return DataError(f"{where} has no documents: set data.{key} to a non-empty split of {data_cfg.tfds_name!r}")
     if data_cfg.source == "tokens":
-        return DataError(
-            f"{where} (data.path={data_cfg.path!r}) holds no documents: prepare the store again from a larger corpus"
-            " or with --val_percent > 0"
-        )
+        fix = "a larger corpus or --val_percent > 0" if split == "validation" else "a larger corpus or a lower --val_percent"
+        return DataError(f"{where} (data.path={data_cfg.path!r}) holds no documents: prepare the store again from {fix}")
     if data_cfg.source == "text":
         where += f" (data.path={data_cfg.path!r})"
     val_percent = data_cfg.val_percent

@@ -17,6 +17,7 @@ with `--config.data.source=tokens --config.data.path=DIR` (and the same data.tok
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import multiprocessing
 import os
@@ -66,8 +67,15 @@ def _split_rule(data_cfg) -> str:
 
 
 def _source_record(data_cfg) -> dict[str, Any]:
+    """What the manifests of all slices must agree on; for 'text' the file list too (its count and
+    a hash of the sorted paths and sizes), so slices cut from different listings never merge."""
     keys = {"text": ("path", "text_key"), "tfds": ("tfds_name", "tfds_data_dir", "text_key"), "embedded": ()}
-    return {"source": data_cfg.source, **{k: data_cfg[k] for k in keys[data_cfg.source]}}
+    record = {"source": data_cfg.source, "val_percent": data_cfg.val_percent, **{k: data_cfg[k] for k in keys[data_cfg.source]}}
+    if data_cfg.source == "text":
+        paths = sources.text_files(data_cfg.path)
+        listing = "\n".join(f"{p}\t{os.path.getsize(p)}" for p in paths)
+        record.update(files=len(paths), files_sha256=hashlib.sha256(listing.encode()).hexdigest())
+    return record
 
 
 def _slice(count: int, index: int, num_shards: int) -> slice:

@@ -119,7 +119,10 @@ def merge_manifests(directory: str | os.PathLike) -> dict[str, Any]:
     keys = ("format", "tokenizer", "source", "split_rule", "dtype", "num_shards")
     for path, m in zip(parts, manifests):
         if any(m.get(k) != manifests[0].get(k) for k in keys):
-            raise DataError(f"{path.name} comes from another preparation than {parts[0].name}: remove the stale parts and re-run")
+            raise DataError(
+                f"{path.name} comes from another preparation than {parts[0].name} (another tokenizer, split rule or file "
+                "listing): remove the stale parts and prepare those slices again"
+            )
     have = {m["shard_index"] for m in manifests}
     missing = sorted(set(range(count)) - have)
     if missing:
@@ -214,6 +217,11 @@ class TokenStore:
     def check_tokenizer(self, tokenizer: Tokenizer, spec: str) -> None:
         theirs = self.manifest["tokenizer"]
         if theirs["fingerprint"] != tokenizer.fingerprint():
+            if theirs["spec"] == spec:
+                raise DataError(
+                    f"{self.directory} was tokenized with another version of {spec!r} (its fingerprint differs): "
+                    "prepare the corpus again with this tokenizer, or restore the file it was prepared with"
+                )
             raise DataError(
                 f"{self.directory} was tokenized with data.tokenizer={theirs['spec']!r} (vocabulary {theirs['vocab_size']}), "
                 f"not this run's {spec!r} (vocabulary {tokenizer.vocab_size}): set --config.data.tokenizer={theirs['spec']} "

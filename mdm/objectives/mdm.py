@@ -90,7 +90,7 @@ class MaskedDiffusionObjective(Objective):
 
     def annealed_visible(self, step: Array, key: Array, length: int) -> Array:
         """bool[L, L] (query, key): the causal prefix, and each later key with probability
-        `anneal_ratio(step)`: one draw per batch, shared by rows, heads and layers."""
+        `anneal_ratio(step)`: one draw per (micro-)batch, shared by rows, heads and layers."""
         idx = jnp.arange(length)
         return (idx[None, :] <= idx[:, None]) | jax.random.bernoulli(key, self.anneal_ratio(step), (length, length))
 
