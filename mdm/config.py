@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tfds_data_dir = ""
     c.data.tfds_train_split = "train"
     c.data.tfds_eval_split = "test"
-    c.data.tokenizer = "bytes"  # 'bytes' or a path to a HuggingFace tokenizer.json
+    c.data.tokenizer = "bytes"  # 'bytes', 'stdlib-bpe' (shipped, 2,048 ids) or a path to a HuggingFace tokenizer.json
     c.data.seq_len = 128
     c.data.mode = "pack"  # 'pack' (concatenate and chunk) or 'pad' (one document per row)
     c.data.format = "documents"  # 'documents' (plain text) or 'pairs' (prompt/response, for fine-tuning; mode 'pad')

@@ -206,3 +206,54 @@ def test_make_tokenizer_dispatch(gpt2_style_path):
     assert isinstance(make_tokenizer(cfg), ByteTokenizer)
     cfg.tokenizer = str(gpt2_style_path)
     assert isinstance(make_tokenizer(cfg), HFTokenizer)
+
+
+# --- learnt BPE and the built-in stdlib-bpe ------------------------------------
+
+
+def test_builtin_stdlib_bpe_counts_every_byte_and_round_trips():
+    tok = make_tokenizer(ml_collections.ConfigDict({"source": "embedded", "tokenizer": "stdlib-bpe"}))
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (2048, 0, 1, 2)
+    _check_specials(tok)
+    code = "def f(self, x):\n    return [y for y in x if y is not None]  # ok\n"
+    for text in TEXTS + [code]:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert tok.token_bytes[ids].sum() == len(text.encode("utf-8"))  # bits/byte's denominator is exact
+    assert len(tok.encode(code)) < len(code.encode()) / 2  # it learnt Python: over 2 bytes a token here
+
+
+def test_train_bpe_merges_the_frequent_pairs_and_refuses_a_tiny_vocabulary():
+    from mdm.data.bpe import train_bpe
+
+    raw = train_bpe(["abcabc abcabc"] * 50 + ["xyz"], 3 + 256 + 4)
+    assert raw.get_vocab_size() == 3 + 256 + 4
+    assert raw.decode(raw.encode("abcabc xyz").ids) == "abcabc xyz"
+    assert len(raw.encode("abcabc").ids) < 6 and len(raw.encode("xyz").ids) == 3  # only seen-twice pairs merge
+    with pytest.raises(ConfigError, match="--vocab_size=100 must be at least 259"):
+        train_bpe(["abc"], 100)
+
+
+@pytest.mark.skipif(
+    __import__("sys").version_info[:2] != (3, 11), reason="the embedded corpus is the interpreter's own stdlib; made on 3.11"
+)
+def test_shipped_stdlib_bpe_is_what_the_prepare_command_makes(tmp_path):
+    import json
+
+    from mdm.data.prepare import main
+    from mdm.data.tokenizers import BUILTIN
+
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "--source", "embedded", "--vocab_size", "2048", "--out", str(out), "--no_progress"]) == 0
+    made, shipped = json.loads(out.read_text()), json.loads(BUILTIN["stdlib-bpe"].read_text())
+    assert made["model"] == shipped["model"] and made["added_tokens"] == shipped["added_tokens"]
+
+
+def test_tokenizer_command_bad_input_is_one_line(tmp_path, capsys):
+    from mdm.data.prepare import main
+
+    assert main(["tokenizer", "--source", "embedded", "--out", str(tmp_path / "missing" / "tok.json")]) == 1
+    assert main(["tokenizer", "--source", "embedded", "--vocab_size", "10", "--out", str(tmp_path / "t.json")]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "does not exist" in errors[0] and "--vocab_size=10" in errors[1]
+    assert not (tmp_path / "t.json").exists()

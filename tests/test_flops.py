@@ -113,7 +113,7 @@ def test_a_kernel_that_skipped_causal_blocks_would_halve_only_the_attention_term
 
 
 def test_conventions_and_the_default_config_numbers():
-    cfg = build(_config("mdm", 4, 128, 4, 384, True)).objective.model.cfg  # configs/default.py's shape
+    cfg = build(_config("mdm", 4, 128, 4, 384, True)).objective.model.cfg  # configs/default.py's shape, on bytes
     # By hand: 4 layers x (4 x 128^2 + 3 x 128 x 384) + 128 x 259 (head) = 885,120 (README: 0.89M).
     assert matmul_params(cfg) == 885_120
     # SMDM's N adds the norm gains (2 x 128 per layer + final 128) and drops the head.

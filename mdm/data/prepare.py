@@ -4,6 +4,7 @@
     python -m mdm.data.prepare --source tfds --tfds_name lm1b --tokenizer tok.json --out DIR
     python -m mdm.data.prepare ... --out DIR --num_shards 64 --shard 7    # one slice (a SLURM array task)
     python -m mdm.data.prepare merge DIR                                  # once every slice is done
+    python -m mdm.data.prepare tokenizer --source text --path ... --vocab_size 8192 --out tok.json
 
 Sources are the library's document sources: 'text' (a glob of .txt files, one document each,
 .jsonl files, one per line, and .parquet files, one per row; --text_key names the field or
@@ -12,6 +13,7 @@ uses (--val_percent). Slice i of n holds a contiguous run of the documents: for 
 i n_files / n .. (i + 1) n_files / n, otherwise documents i N / n .. (i + 1) N / n of each split.
 Without --shard, one process prepares every slice in turn and merges them. Train on the result
 with `--config.data.source=tokens --config.data.path=DIR` (and the same data.tokenizer).
+`tokenizer` learns a byte-level BPE from the train split's documents instead (`mdm.data.bpe`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from mdm.data import packing, sources, store
+from mdm.data import bpe, packing, sources, store
 from mdm.data.tokenizers import Tokenizer, make_tokenizer
 from mdm.errors import ConfigError, DataError, MdmError
 
@@ -208,11 +210,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mdm.data.prepare", description=__doc__.split("\n\n")[0])
     for key, default in DATA_KEYS.items():
         parser.add_argument(f"--{key}", type=type(default), default=default)
-    parser.add_argument("--out", default="", help="the store directory")
+    parser.add_argument("--out", default="", help="the store directory (tokenizer: the tokenizer.json to write)")
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     parser.add_argument("--shard", type=int, default=-1, help="prepare only this slice (-1: every slice, then merge)")
     parser.add_argument("--num_shards", type=int, default=1, help="slices (files per split)")
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--vocab_size", type=int, default=2048, help="tokenizer: ids of the BPE, specials included")
     return parser
 
 
@@ -223,7 +226,8 @@ def _body(argv: list[str]) -> None:
         manifest = merge(argv[1])
         print(f"merged {manifest['num_shards']} slices into {argv[1]}/{store.MANIFEST}")
         return
-    args = _parser().parse_args(argv)
+    learn = argv[:1] == ["tokenizer"]
+    args = _parser().parse_args(argv[1:] if learn else argv)
     if args.source not in sources.DOCUMENT_SOURCES:
         raise ConfigError(f"--source={args.source!r}: choose one of {', '.join(sources.DOCUMENT_SOURCES)}")
     if not args.out:
@@ -236,6 +240,9 @@ def _body(argv: list[str]) -> None:
         raise ConfigError(f"--val_percent={args.val_percent} must lie in [0, 100)")
     data_cfg = data_config(**{k: getattr(args, k) for k in DATA_KEYS})
     out, progress = pathlib.Path(args.out), not args.no_progress
+    if learn:
+        _learn_tokenizer(data_cfg, out, args.vocab_size)
+        return
     if args.shard >= 0:
         stats = prepare_slice(data_cfg, out, args.shard, args.num_shards, args.workers, progress)
         done = f"slice {args.shard} of {args.num_shards}: {_summary(stats)}"
@@ -243,6 +250,23 @@ def _body(argv: list[str]) -> None:
         return
     stats = prepare(data_cfg, out, args.workers, args.num_shards, progress)
     print(f"wrote {out}: {_summary(stats)}; train with --config.data.source=tokens --config.data.path={out}")
+
+
+def _learn_tokenizer(data_cfg, out: pathlib.Path, vocab_size: int) -> None:
+    """Writes the byte-level BPE of the train split's documents to `out` (atomically)."""
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: the directory {out.parent} does not exist; create it first")
+    docs = sources.documents(data_cfg, "train")
+    if len(docs) == 0:
+        raise DataError("the train split has no documents: check --source/--path and --val_percent")
+    tok = bpe.train_bpe(docs, vocab_size)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(tok.to_str(pretty=True), encoding="utf-8")
+    os.replace(tmp, out)
+    print(
+        f"wrote {out}: a byte-level BPE of {tok.get_vocab_size():,} ids from {len(docs):,} documents; "
+        f"train with --config.data.tokenizer={out}"
+    )
 
 
 def _summary(stats: dict) -> str:

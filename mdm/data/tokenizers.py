@@ -11,6 +11,7 @@ import abc
 import hashlib
 import json
 import os
+import pathlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -191,7 +192,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, path: str | os.PathLike) -> None:
         path = os.fspath(path)
-        fix = "set data.tokenizer to 'bytes' or to a HuggingFace tokenizer.json path"
+        fix = f"set data.tokenizer to 'bytes', {', '.join(repr(n) for n in BUILTIN)} or a HuggingFace tokenizer.json path"
         if os.path.isdir(path):
             inside = os.path.join(path, "tokenizer.json")
             example = f" (e.g. --config.data.tokenizer={inside})" if os.path.isfile(inside) else ""
@@ -225,6 +226,10 @@ class HFTokenizer(Tokenizer):
         return self._hf.to_str().encode("utf-8")
 
 
+# Tokenizer files shipped in the package, by the name data.tokenizer takes (how each was made: mdm/data/bpe.py).
+BUILTIN = {"stdlib-bpe": pathlib.Path(__file__).parent / "assets" / "stdlib_bpe_2048.json"}
+
+
 def make_tokenizer(data_cfg: Any) -> Tokenizer:
     """The tokenizer a data config asks for (`source`, `tokenizer`, `synthetic_vocab`), its
     special ids checked (`check_special_ids`)."""
@@ -232,6 +237,8 @@ def make_tokenizer(data_cfg: Any) -> Tokenizer:
         tok: Tokenizer = SymbolTokenizer(data_cfg.synthetic_vocab)
     elif data_cfg.tokenizer == "bytes":
         tok = ByteTokenizer()
+    elif data_cfg.tokenizer in BUILTIN:
+        tok = HFTokenizer(BUILTIN[data_cfg.tokenizer])
     else:
         tok = HFTokenizer(data_cfg.tokenizer)
     check_special_ids(tok)

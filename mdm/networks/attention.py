@@ -2,7 +2,9 @@
 
 `attend(q, k, v, kv_lengths_B, mask, implementation, chunk)` is what the backbone calls in training, evaluation and sampling:
 - 'xla': `jax.nn.dot_product_attention(implementation='xla')`, f32 [B, N, L, L] scores; the reference for every other path.
-- 'chunked': the XLA path over `chunk` sequences at a time under `jax.checkpoint` (faster on CPUs).
+- 'chunked': `lean_attention` (XLA ops; the backward recomputes the probabilities from the saved log-sum-exp) over
+  `chunk` sequences at a time (faster on CPUs). Block diffusion's [x_t ; x_0] layout runs its own path under
+  `jax.checkpoint` instead.
 - 'cudnn': cuDNN flash attention (NVIDIA GPUs; bf16/fp16, head dim a multiple of 8 up to 256).
 - 'splash': Pallas Splash attention (TPUs; sequence a multiple of 128), block-sparse: tiles the mask hides are skipped.
 'auto' (`choose`) picks cuDNN on NVIDIA GPUs, Splash on TPUs, chunked or XLA on CPUs.
@@ -27,6 +29,7 @@ import numpy as np
 from jax import Array
 
 from mdm.errors import ConfigError
+from mdm.networks.lean_attention import lean_attention
 from mdm.sharding import batch_shards, mesh_axes
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
@@ -146,6 +149,12 @@ def attend(
     heads (attention-mask annealing); it goes in densely, so Splash falls back to XLA. Every
     query must see at least one key (its own position).
     """
+    if implementation == "chunked" and not mask.half:
+
+        def lean(q_, k_, v_, lengths_B):
+            return lean_attention(q_, k_, v_, _visible(mask, q_.shape[1], lengths_B, visible_LxL))
+
+        return _batch_chunked(lean, (q, k, v, kv_lengths_B), chunk, remat=False)
     if visible_LxL is not None:
         if implementation == "splash":
             _note("splash attention takes no traced mask (attention-mask annealing): using xla")
@@ -155,7 +164,7 @@ def attend(
             implementation="cudnn" if implementation == "cudnn" else "xla",
             dense_LxL=visible_LxL & mask.dense(q.shape[1]),
         )
-        return _batch_chunked(fn, (q, k, v, kv_lengths_B), chunk if implementation == "chunked" else 0)
+        return fn(q, k, v, kv_lengths_B)
     if implementation == "splash" and q.shape[1] % _SPLASH_BLOCK:
         _note(f"splash attention needs a length divisible by {_SPLASH_BLOCK}, got {q.shape[1]}: using xla")
         implementation = "xla"
@@ -167,9 +176,8 @@ def attend(
         return _batch_chunked(lambda q_, k_, v_: halves(q_, k_, v_), (q, k, v), chunk if implementation == "chunked" else 0)
     if implementation == "splash":
         return _per_shard(functools.partial(splash_attention, mask=mask), q, k, v, kv_lengths_B)
-    if implementation == "chunked":
-        return _batch_chunked(functools.partial(_jax_attention, mask=mask, implementation="xla"), (q, k, v, kv_lengths_B), chunk)
-    return _jax_attention(q, k, v, kv_lengths_B, mask=mask, implementation=implementation)
+    xla_or_cudnn = "xla" if implementation == "chunked" else implementation  # chunked here: [x_t ; x_0] with padding
+    return _jax_attention(q, k, v, kv_lengths_B, mask=mask, implementation=xla_or_cudnn)
 
 
 def attend_cached(q: Array, k: Array, v: Array, k_cache: Array, v_cache: Array, cache_len: Array) -> Array:
@@ -235,6 +243,18 @@ def _jax_attention(
     )
 
 
+def _visible(mask: MaskSpec, length: int, kv_lengths_B: Array | None, visible_LxL: Array | None = None) -> Array | None:
+    """bool [B or 1, 1, L, L] of the keys each query sees (mask, padding and a traced [L, L]
+    pattern), or None for all."""
+    visible = None if mask.bidirectional else mask.dense(length)[None, None]
+    if visible_LxL is not None:
+        visible = visible_LxL[None, None] if visible is None else visible & visible_LxL[None, None]
+    if kv_lengths_B is not None:
+        keys = jnp.arange(length)[None, None, None, :] < kv_lengths_B[:, None, None, None]
+        visible = keys if visible is None else visible & keys
+    return visible
+
+
 def _per_shard(fn, q: Array, k: Array, v: Array, kv_lengths_B: Array | None) -> Array:
     """`fn(q, k, v, lengths)` on each device's [B/shards, L, N/shards, H] block under the ambient
     mesh (a Pallas kernel cannot be partitioned by XLA), or directly when there is no mesh.
@@ -250,8 +270,8 @@ def _per_shard(fn, q: Array, k: Array, v: Array, kv_lengths_B: Array | None) -> 
     )(q, k, v, lengths)
 
 
-def _batch_chunked(fn, args: tuple, chunk: int) -> Array:
-    """`fn(*args)` over batch chunks of about `chunk` rows, each under `jax.checkpoint`.
+def _batch_chunked(fn, args: tuple, chunk: int, remat: bool = True) -> Array:
+    """`fn(*args)` over batch chunks of about `chunk` rows, each under `jax.checkpoint` if `remat`.
 
     Each device processes its rows `chunk` at a time (the largest divisor of its local batch not
     above it). Chunk i holds rows i, i + m, i + 2m, ... (m chunks), so every chunk spans all batch
@@ -266,7 +286,8 @@ def _batch_chunked(fn, args: tuple, chunk: int) -> Array:
     size = max(d for d in range(1, chunk + 1) if local % d == 0)
     m = local // size  # chunks; divides the local batch, so row i + j m lives on shard j m // local
     split = lambda x: None if x is None else x.reshape(batch // m, m, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
-    out = jax.lax.map(jax.checkpoint(lambda a: fn(*a)), tuple(split(x) for x in args))
+    body = lambda a: fn(*a)  # noqa: E731
+    out = jax.lax.map(jax.checkpoint(body) if remat else body, tuple(split(x) for x in args))
     return out.swapaxes(0, 1).reshape(q.shape)
 
 
