@@ -11,7 +11,7 @@ JSONL file (documents), and a byte-level BPE of `--vocab` ids is trained on them
 - the reader delivering global batches of batch x seq_len from the prepared files, with no prefetch
   threads and with 2 threads 4 batches deep: alone (tokens/s), and feeding a consumer that spends
   `step_ms` per batch (a stand-in for the device step; 'stall ms' is the wait per batch beyond it);
-- train.py's loop on the default config (embedded corpus, bytes), windows held in memory against
+- train.py's loop on the default config (embedded corpus, stdlib-bpe), windows held in memory against
   the same windows read from prepared files: median tokens/s of `--train_steps` steps each.
 The reference is one H200 training gpt2_small at 413k-660k tokens/s (docs/accelerators.md); the
 target is a reader at least 10x that per host.
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.table import print_table  # noqa: E402
 from mdm.config import base_config  # noqa: E402
 from mdm.data import make_iterator, make_tokenizer, packing  # noqa: E402
+from mdm.data.bpe import train_bpe  # noqa: E402
 from mdm.data.store import TokenStore  # noqa: E402
 from mdm.data.prepare import data_config, prepare  # noqa: E402
 
@@ -59,16 +60,7 @@ def _documents(pattern: str, repeat: int, out: pathlib.Path) -> tuple[pathlib.Pa
 
 
 def _bpe(paragraphs: list[str], vocab: int, path: pathlib.Path) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    raw.train_from_iterator(paragraphs, trainer)
-    raw.save(str(path))
+    train_bpe(paragraphs, vocab).save(str(path))
     return str(path)
 
 
@@ -185,7 +177,9 @@ def main() -> None:
     rows += _format_rows(work / "store1", args)
     rows += _reader_rows(work / "store1", tokenizer, args)
     embedded = work / "embedded"
-    prepare(data_config(source="embedded"), embedded, progress=False)
+    from mdm.presets import tiny_cpu_config
+
+    prepare(data_config(source="embedded", tokenizer=tiny_cpu_config().data.tokenizer), embedded, progress=False)
     rows += _train_rows(embedded, args.train_steps)
     print(f"reference: one H200 trains gpt2_small at {H200_GPT2_SMALL[0]:,}-{H200_GPT2_SMALL[1]:,} tokens/s")
     columns = ("stage", "variant", "tokens/s", "MB/s", "x H200 gpt2_small (max)", "stall ms")

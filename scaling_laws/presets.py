@@ -61,6 +61,7 @@ class Preset:
 
 
 _CPU_RECIPE = (
+    ("data.tokenizer", "bytes"),  # the byte corpus the ladder and its V = 259 were made for
     ("optim.b1", 0.9),
     ("optim.b2", 0.95),
     ("optim.weight_decay", 0.1),
@@ -127,6 +128,7 @@ PRESETS: dict[str, Preset] = {
             warmup_min=1,
             checkpoints_per_run=2,
             overrides=(
+                ("data.tokenizer", "bytes"),
                 ("model.attention_chunk", 0),
                 ("train.eval_batches", 2),
                 ("train.eval_batch_size", 8),

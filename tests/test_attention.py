@@ -167,3 +167,58 @@ def test_splash_runs_per_shard_under_a_mesh():
     assert done.returncode == 0, done.stderr[-2000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert max(errors) < 1e-4, errors
+
+
+def test_lean_attention_equals_xla_for_any_mask_even_a_row_that_sees_nothing():
+    from mdm.networks.lean_attention import lean_attention
+
+    q, k, v = _inputs(3)
+    rng = np.random.default_rng(4)
+    visible = rng.random((B, 1, L, L)) < 0.3
+    visible[0, 0, 5] = False  # query 5 of row 0 sees no key: uniform weights, no gradient to q or k
+    visible = jnp.asarray(visible)
+    weights = jnp.asarray(rng.normal(size=(B, L, N, H)), jnp.float32)
+
+    def loss(fn, *a):
+        return (fn(*a).astype(jnp.float32) * weights).sum()
+
+    lean = lambda q_, k_, v_: lean_attention(q_, k_, v_, visible)  # noqa: E731
+    ref = lambda q_, k_, v_: jax.nn.dot_product_attention(q_, k_, v_, mask=visible, implementation="xla")  # noqa: E731
+    np.testing.assert_allclose(jax.jit(lean)(q, k, v), jax.jit(ref)(q, k, v), atol=2e-5)
+    got = jax.jit(jax.grad(lambda *a: loss(lean, *a), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2)))(q, k, v)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=2e-4)
+    assert float(jnp.abs(got[0][0, 5]).max()) == 0.0  # the blind query's gradient
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_traced_visibility_mask_reaches_every_cpu_path(padded):
+    """Attention-mask annealing's [L, L] pattern: 'chunked' (lean) and 'xla' equal a float64 softmax
+    over exactly the keys the pattern, the causal mask and the padding leave."""
+    q, k, v = _inputs(5)
+    rng = np.random.default_rng(6)
+    pattern = (rng.random((L, L)) < 0.5) | np.eye(L, dtype=bool)  # every query sees itself
+    lengths = jnp.asarray([L, 90], jnp.int32) if padded else None
+    mask = MaskSpec(causal=True)
+    q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
+    want = np.zeros_like(q64)
+    idx = np.arange(L)
+    for b in range(B):
+        keep = pattern & (idx[None, :] <= idx[:, None]) & (idx[None, :] < (90 if padded and b == 1 else L))
+        for n in range(N):
+            s = np.where(keep, q64[b, :, n] @ k64[b, :, n].T / np.sqrt(H), -np.inf)
+            p = np.exp(s - s.max(-1, keepdims=True))
+            want[b, :, n] = (p / p.sum(-1, keepdims=True)) @ v64[b, :, n]
+    outs = {}
+    for impl in ("chunked", "xla"):
+        outs[impl] = jax.jit(lambda q_, k_, v_: attend(q_, k_, v_, lengths, mask, impl, 1, jnp.asarray(pattern)))(q, k, v)
+        np.testing.assert_allclose(np.asarray(outs[impl], np.float64), want, atol=2e-5)
+    weights = jnp.asarray(rng.normal(size=(B, L, N, H)), jnp.float32)
+    visible = jnp.asarray(pattern)
+    grads = [
+        jax.jit(jax.grad(lambda *a: (attend(*a, lengths, mask, impl, 1, visible) * weights).sum(), (0, 1, 2)))(q, k, v)
+        for impl in ("chunked", "xla")
+    ]
+    for g, r in zip(*grads):
+        np.testing.assert_allclose(g, r, atol=2e-4)

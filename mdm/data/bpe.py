@@ -2,8 +2,9 @@
 
 `python -m mdm.data.prepare tokenizer --source embedded --vocab_size 2048 --out tok.json` runs it
 over any document source; the result is a tokenizer.json that `data.tokenizer` takes. Byte-level
-means every byte sequence encodes (no unknown token) and each id stands for whole bytes, so
-bits/byte stays exact. The file holds <bos>, <eos> and <pad> as ids 0, 1 and 2.
+means every text encodes (no unknown token) and each id stands for whole bytes, so bits/byte
+stays exact for UTF-8 text (invalid bytes are read as U+FFFD, which counts 3 bytes). The file
+holds <bos>, <eos> and <pad> as ids 0, 1 and 2.
 
 The built-in `data.tokenizer=stdlib-bpe` (`mdm.data.tokenizers.BUILTIN`) is what this command
 makes from CPython 3.11's embedded corpus (train split, val_percent 5) with --vocab_size 2048.

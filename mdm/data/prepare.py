@@ -231,7 +231,8 @@ def _body(argv: list[str]) -> None:
     if args.source not in sources.DOCUMENT_SOURCES:
         raise ConfigError(f"--source={args.source!r}: choose one of {', '.join(sources.DOCUMENT_SOURCES)}")
     if not args.out:
-        raise ConfigError("--out DIR is required: the directory the token files go to")
+        wanted = "FILE is required: the tokenizer.json to write" if learn else "DIR is required: where the token files go"
+        raise ConfigError(f"--out {wanted}")
     if args.source == "text" and not args.path:
         raise ConfigError("--source text needs --path 'corpus/*.jsonl' (a glob of .txt/.jsonl/.parquet files)")
     if args.workers < 1 or args.num_shards < 1 or not -1 <= args.shard < args.num_shards:
@@ -254,6 +255,8 @@ def _body(argv: list[str]) -> None:
 
 def _learn_tokenizer(data_cfg, out: pathlib.Path, vocab_size: int) -> None:
     """Writes the byte-level BPE of the train split's documents to `out` (atomically)."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory: give the file to write, e.g. {out / 'tokenizer.json'}")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: the directory {out.parent} does not exist; create it first")
     docs = sources.documents(data_cfg, "train")

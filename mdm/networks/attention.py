@@ -164,7 +164,7 @@ def attend(
             implementation="cudnn" if implementation == "cudnn" else "xla",
             dense_LxL=visible_LxL & mask.dense(q.shape[1]),
         )
-        return fn(q, k, v, kv_lengths_B)
+        return _batch_chunked(fn, (q, k, v, kv_lengths_B), chunk if implementation == "chunked" else 0)
     if implementation == "splash" and q.shape[1] % _SPLASH_BLOCK:
         _note(f"splash attention needs a length divisible by {_SPLASH_BLOCK}, got {q.shape[1]}: using xla")
         implementation = "xla"
@@ -176,8 +176,10 @@ def attend(
         return _batch_chunked(lambda q_, k_, v_: halves(q_, k_, v_), (q, k, v), chunk if implementation == "chunked" else 0)
     if implementation == "splash":
         return _per_shard(functools.partial(splash_attention, mask=mask), q, k, v, kv_lengths_B)
-    xla_or_cudnn = "xla" if implementation == "chunked" else implementation  # chunked here: [x_t ; x_0] with padding
-    return _jax_attention(q, k, v, kv_lengths_B, mask=mask, implementation=xla_or_cudnn)
+    if implementation == "chunked":  # [x_t ; x_0] with padding
+        fn = functools.partial(_jax_attention, mask=mask, implementation="xla")
+        return _batch_chunked(fn, (q, k, v, kv_lengths_B), chunk)
+    return _jax_attention(q, k, v, kv_lengths_B, mask=mask, implementation=implementation)
 
 
 def attend_cached(q: Array, k: Array, v: Array, k_cache: Array, v_cache: Array, cache_len: Array) -> Array:

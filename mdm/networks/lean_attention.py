@@ -27,14 +27,16 @@ def _scores(q_BxLxNxH: Array, k_BxLxNxH: Array, visible: Array | None) -> Array:
     return s if visible is None else jnp.where(visible, s, jnp.finfo(_F32).min)
 
 
-def _forward(q: Array, k: Array, v: Array, visible: Array | None) -> tuple[Array, Array]:
-    """(output [B, L, N, H] in q's dtype, f32[B, N, L, 1] log-sum-exp of each query's scores)."""
+def _forward(q: Array, k: Array, v: Array, visible: Array | None) -> tuple[Array, tuple[Array, Array]]:
+    """(output [B, L, N, H] in q's dtype, (top, log total): f32[B, N, L, 1] each, the row maximum of
+    the scores and the log of the row's sum of exp(s - top); kept apart because top + log total
+    would round back to top in a row that sees no key)."""
     s = _scores(q, k, visible)
     top = jax.lax.stop_gradient(s.max(-1, keepdims=True))
     p = jnp.exp(s - top)
     total = p.sum(-1, keepdims=True)
     out = jnp.einsum("bnqk,bknh->bqnh", (p / total).astype(v.dtype), v, preferred_element_type=_F32)
-    return out.astype(q.dtype), top + jnp.log(total)
+    return out.astype(q.dtype), (top, jnp.log(total))
 
 
 @jax.custom_vjp
@@ -45,18 +47,21 @@ def lean_attention(q_BxLxNxH: Array, k_BxLxNxH: Array, v_BxLxNxH: Array, visible
 
 
 def _fwd(q: Array, k: Array, v: Array, visible: Array | None):
-    out, lse = _forward(q, k, v, visible)
-    return out, (q, k, v, visible, out, lse)
+    out, (top, log_total) = _forward(q, k, v, visible)
+    return out, (q, k, v, visible, out, top, log_total)
 
 
 def _bwd(residuals, d_out: Array):
-    q, k, v, visible, out, lse = residuals
+    q, k, v, visible, out, top, log_total = residuals
     scale = 1.0 / math.sqrt(q.shape[-1])
-    p = jnp.exp(_scores(q, k, visible) - lse)  # f32[B, N, L, L], exactly the forward's weights
+    p = jnp.exp(_scores(q, k, visible) - top - log_total)  # f32[B, N, L, L], the forward's weights
     d_v = jnp.einsum("bnqk,bqnh->bknh", p.astype(d_out.dtype), d_out, preferred_element_type=_F32)
     d_p = jnp.einsum("bqnh,bknh->bnqk", d_out, v, preferred_element_type=_F32)
     row = jnp.einsum("bqnh,bqnh->bnq", d_out.astype(_F32), out.astype(_F32))[..., None]  # rowsum(dP * P)
-    d_s = (p * (d_p - row) * scale).astype(q.dtype)
+    d_s = p * (d_p - row) * scale
+    if visible is not None:  # a hidden key's score is a constant: no gradient (matters in a row that sees none)
+        d_s = jnp.where(visible, d_s, 0.0)
+    d_s = d_s.astype(q.dtype)
     d_q = jnp.einsum("bnqk,bknh->bqnh", d_s, k, preferred_element_type=_F32)
     d_k = jnp.einsum("bnqk,bqnh->bknh", d_s, q, preferred_element_type=_F32)
     return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
