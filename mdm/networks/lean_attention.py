@@ -4,7 +4,7 @@
 boolean mask, but its custom VJP keeps only the output and the per-query log-sum-exp (as flash attention
 does) and computes the softmax gradient from rowsum(dO * O), an [B, L, N] reduction, instead of
 rowsum(dP * P) over the [B, N, L, L] scores. On CPUs that backward does less work than autodiff of the
-XLA path under `jax.checkpoint` (measured in docs/accelerators.md). Shapes: B batch, L length, N heads,
+XLA path under `jax.checkpoint` (benchmarks/attention_cpu.py; docs/quickstart.md). Shapes: B batch, L length, N heads,
 H head dim; scores, softmax and log-sum-exp are float32 whatever the input dtype.
 """
 
